@@ -1,0 +1,118 @@
+//! Why a reading or a message was refused. The code is part of the public contract
+//! (docs/contract.md): devices match on it, metrics count by it, quarantine stores it.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    MalformedPayload,
+    Oversized,
+    BadTopic,
+    TooManyReadings,
+    MissingField,
+    UnknownField,
+    InvalidField,
+    InvalidId,
+    UnknownType,
+    UnknownUnit,
+    NonFiniteValue,
+    ImplausibleValue,
+    SystolicNotAboveDiastolic,
+    InvalidTimestamp,
+    FutureTimestamp,
+    StaleTimestamp,
+    ControlSolution,
+    UnknownDevice,
+    RevokedDevice,
+    UnboundDevice,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 20] = [
+        Self::MalformedPayload,
+        Self::Oversized,
+        Self::BadTopic,
+        Self::TooManyReadings,
+        Self::MissingField,
+        Self::UnknownField,
+        Self::InvalidField,
+        Self::InvalidId,
+        Self::UnknownType,
+        Self::UnknownUnit,
+        Self::NonFiniteValue,
+        Self::ImplausibleValue,
+        Self::SystolicNotAboveDiastolic,
+        Self::InvalidTimestamp,
+        Self::FutureTimestamp,
+        Self::StaleTimestamp,
+        Self::ControlSolution,
+        Self::UnknownDevice,
+        Self::RevokedDevice,
+        Self::UnboundDevice,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::MalformedPayload => "malformed_payload",
+            Self::Oversized => "oversized",
+            Self::BadTopic => "bad_topic",
+            Self::TooManyReadings => "too_many_readings",
+            Self::MissingField => "missing_field",
+            Self::UnknownField => "unknown_field",
+            Self::InvalidField => "invalid_field",
+            Self::InvalidId => "invalid_id",
+            Self::UnknownType => "unknown_type",
+            Self::UnknownUnit => "unknown_unit",
+            Self::NonFiniteValue => "non_finite_value",
+            Self::ImplausibleValue => "implausible_value",
+            Self::SystolicNotAboveDiastolic => "systolic_not_above_diastolic",
+            Self::InvalidTimestamp => "invalid_timestamp",
+            Self::FutureTimestamp => "future_timestamp",
+            Self::StaleTimestamp => "stale_timestamp",
+            Self::ControlSolution => "control_solution",
+            Self::UnknownDevice => "unknown_device",
+            Self::RevokedDevice => "revoked_device",
+            Self::UnboundDevice => "unbound_device",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal with its reason code and a message precise enough for the sender to fix it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_round_trips_and_is_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for reason in RejectReason::ALL {
+            assert!(seen.insert(reason.code()), "duplicate {reason}");
+            assert_eq!(RejectReason::from_code(reason.code()), Some(reason));
+        }
+    }
+}

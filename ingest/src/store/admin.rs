@@ -1,0 +1,197 @@
+//! Registry operations behind `vigil admin`: care teams, patients, devices and bindings.
+
+use time::{Date, OffsetDateTime};
+use tokio_postgres::{Client, error::SqlState};
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::{domain::nhs::NhsNumber, grpc::auth};
+
+pub const DEVICE_KINDS: &[&str] = &[
+    "bp_monitor",
+    "glucose_meter",
+    "cgm",
+    "ketone_meter",
+    "scale",
+    "heart_rate_monitor",
+    "health_app",
+];
+
+fn conflict(e: tokio_postgres::Error, what: impl FnOnce() -> String) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) || e.code() == Some(&SqlState::EXCLUSION_VIOLATION) {
+        StoreError::Conflict(what())
+    } else {
+        e.into()
+    }
+}
+
+pub async fn add_team(client: &Client, name: &str) -> Result<Uuid, StoreError> {
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO care_teams (id, name) VALUES ($1, $2)",
+            &[&id, &name],
+        )
+        .await
+        .map_err(|e| conflict(e, || format!("a care team named {name:?} already exists")))?;
+    Ok(id)
+}
+
+/// Finds a team by id or by exact name.
+pub async fn find_team(client: &Client, team: &str) -> Result<Uuid, StoreError> {
+    let row = match Uuid::parse_str(team) {
+        Ok(id) => {
+            client
+                .query_opt("SELECT id FROM care_teams WHERE id = $1", &[&id])
+                .await?
+        }
+        Err(_) => {
+            client
+                .query_opt("SELECT id FROM care_teams WHERE name = $1", &[&team])
+                .await?
+        }
+    };
+    row.map(|r| r.get(0))
+        .ok_or_else(|| StoreError::NotFound(format!("no care team {team:?}")))
+}
+
+pub async fn add_patient(
+    client: &Client,
+    team: &str,
+    nhs_number: Option<&NhsNumber>,
+    date_of_birth: Option<Date>,
+) -> Result<(Uuid, Uuid), StoreError> {
+    let team_id = find_team(client, team).await?;
+    let id = Uuid::new_v4();
+    client
+        .execute(
+            "INSERT INTO patients (id, team_id, nhs_number, date_of_birth) VALUES ($1, $2, $3, $4)",
+            &[&id, &team_id, &nhs_number.map(NhsNumber::expose), &date_of_birth],
+        )
+        .await
+        .map_err(|e| conflict(e, || "a patient with this NHS number already exists".into()))?;
+    Ok((id, team_id))
+}
+
+async fn require_patient(client: &Client, patient: Uuid) -> Result<(), StoreError> {
+    client
+        .query_opt("SELECT 1 FROM patients WHERE id = $1", &[&patient])
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| StoreError::NotFound(format!("no patient {patient}")))
+}
+
+pub struct NewDevice {
+    pub id: Uuid,
+    pub token: String,
+}
+
+/// Registers a device bound to `patient` from `from` on; the token is returned only here.
+pub async fn add_device(
+    client: &mut Client,
+    patient: Uuid,
+    kind: &str,
+    model: Option<&str>,
+    from: OffsetDateTime,
+) -> Result<NewDevice, StoreError> {
+    if !DEVICE_KINDS.contains(&kind) {
+        return Err(StoreError::Conflict(format!(
+            "unknown device kind {kind:?}; one of {}",
+            DEVICE_KINDS.join(", ")
+        )));
+    }
+    require_patient(client, patient).await?;
+    let id = Uuid::new_v4();
+    let token = auth::new_token();
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO devices (id, kind, model, token_hash) VALUES ($1, $2, $3, $4)",
+        &[&id, &kind, &model, &auth::hash(&token)],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO device_bindings (device_id, patient_id, valid_during)
+         VALUES ($1, $2, tstzrange($3, NULL))",
+        &[&id, &patient, &from],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(NewDevice { id, token })
+}
+
+/// Moves a device to another patient from `at` on. Readings measured before `at` stay with
+/// the previous patient; readings measured after it go to the new one.
+pub async fn rebind_device(
+    client: &mut Client,
+    device: Uuid,
+    patient: Uuid,
+    at: OffsetDateTime,
+) -> Result<(), StoreError> {
+    require_patient(client, patient).await?;
+    let tx = client.transaction().await?;
+    let current = tx
+        .query_opt(
+            "SELECT lower(valid_during), revoked_at FROM device_bindings b
+             JOIN devices d ON d.id = b.device_id
+             WHERE b.device_id = $1 AND upper_inf(b.valid_during)
+             FOR UPDATE OF b",
+            &[&device],
+        )
+        .await?;
+    if let Some(row) = &current {
+        let since: OffsetDateTime = row.get(0);
+        if row.get::<_, Option<OffsetDateTime>>(1).is_some() {
+            return Err(StoreError::Conflict(format!("device {device} is revoked")));
+        }
+        if at <= since {
+            return Err(StoreError::Conflict(format!(
+                "the current binding started at {since}; a rebind must come after it"
+            )));
+        }
+        tx.execute(
+            "UPDATE device_bindings SET valid_during = tstzrange(lower(valid_during), $2)
+             WHERE device_id = $1 AND upper_inf(valid_during)",
+            &[&device, &at],
+        )
+        .await?;
+    } else {
+        let known = tx
+            .query_opt("SELECT revoked_at FROM devices WHERE id = $1", &[&device])
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("no device {device}")))?;
+        if known.get::<_, Option<OffsetDateTime>>(0).is_some() {
+            return Err(StoreError::Conflict(format!("device {device} is revoked")));
+        }
+    }
+    tx.execute(
+        "INSERT INTO device_bindings (device_id, patient_id, valid_during)
+         VALUES ($1, $2, tstzrange($3, NULL))",
+        &[&device, &patient, &at],
+    )
+    .await
+    .map_err(|e| conflict(e, || format!("device {device} already has a binding after {at}")))?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Revokes a device: its token stops working and its readings are refused from now on.
+pub async fn revoke_device(client: &mut Client, device: Uuid) -> Result<OffsetDateTime, StoreError> {
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            "UPDATE devices SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+             RETURNING revoked_at",
+            &[&device],
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("no device {device}")))?;
+    let at: OffsetDateTime = row.get(0);
+    tx.execute(
+        "UPDATE device_bindings SET valid_during = tstzrange(lower(valid_during), $2)
+         WHERE device_id = $1 AND upper_inf(valid_during) AND lower(valid_during) < $2",
+        &[&device, &at],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(at)
+}

@@ -1,0 +1,49 @@
+use deadpool_postgres::PoolError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("database pool: {0}")]
+    Pool(#[from] PoolError),
+    #[error("database pool: {0}")]
+    Build(#[from] deadpool_postgres::BuildError),
+    #[error("migration {version} ({name}) was changed after it was applied")]
+    MigrationChanged { version: i32, name: &'static str },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("write failed: {0}")]
+    Failed(String),
+    #[error("the writer has stopped")]
+    WriterClosed,
+}
+
+impl StoreError {
+    /// True when the same work may succeed later unchanged: the server is unreachable,
+    /// restarting, overloaded, or the transaction lost a serialization race.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Db(e) => {
+                if e.is_closed() {
+                    return true;
+                }
+                match e.code() {
+                    Some(code) => {
+                        let c = code.code();
+                        c.starts_with("08")
+                            || c.starts_with("53")
+                            || c.starts_with("57P")
+                            || c == "40001"
+                            || c == "40P01"
+                    }
+                    // No SQLSTATE: an I/O or protocol failure on the connection.
+                    None => true,
+                }
+            }
+            _ => false,
+        }
+    }
+}

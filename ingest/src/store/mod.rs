@@ -1,0 +1,13 @@
+//! PostgreSQL: connection pool, migrations, the batching writer, partition and policy
+//! maintenance, and the queries behind the admin commands.
+
+pub mod admin;
+pub mod error;
+pub mod maintenance;
+pub mod migrate;
+pub mod pool;
+pub mod quarantine;
+pub mod writer;
+
+pub use error::StoreError;
+pub use pool::Pool;

@@ -1,0 +1,677 @@
+//! The one batching writer. Front-ends send [`Submission`]s through a bounded queue; the
+//! writer groups them until `batch.max_readings` or `batch.linger_ms`, attributes each
+//! reading to the patient its device was bound to at measurement time, and commits readings
+//! and quarantine entries in one transaction. Replies go out only after COMMIT, which is
+//! what lets MQTT acknowledge and gRPC answer.
+//!
+//! Idempotency is `INSERT … ON CONFLICT DO NOTHING` on the key and on the content
+//! fingerprint; readings that insert nothing are reported as duplicates.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use super::{Pool, StoreError};
+use crate::{
+    config::{BatchSettings, QuarantineSettings},
+    domain::{Channel, Reading, Refusal, RejectReason as R},
+    health::Health,
+    metrics as m,
+    submission::{Item, Outcome, PayloadFormat, Quarantined, Submission},
+};
+
+struct Request {
+    submission: Submission,
+    reply: oneshot::Sender<Result<Vec<Outcome>, StoreError>>,
+}
+
+/// Why a submission got no outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the write queue is full")]
+    QueueFull,
+    #[error("the service is shutting down")]
+    Closed,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Request>,
+}
+
+impl WriterHandle {
+    /// Waits for queue space (backpressure), then for the commit.
+    pub async fn submit(&self, submission: Submission) -> Result<Vec<Outcome>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request { submission, reply })
+            .await
+            .map_err(|_| SubmitError::Closed)?;
+        Self::outcome(rx).await
+    }
+
+    /// Refuses at once when the queue is full; otherwise waits for the commit.
+    pub async fn try_submit(&self, submission: Submission) -> Result<Vec<Outcome>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Request { submission, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => SubmitError::QueueFull,
+                mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+            })?;
+        Self::outcome(rx).await
+    }
+
+    async fn outcome(
+        rx: oneshot::Receiver<Result<Vec<Outcome>, StoreError>>,
+    ) -> Result<Vec<Outcome>, SubmitError> {
+        match rx.await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SubmitError::Closed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    TimescaleDb,
+    Partitioned,
+}
+
+pub struct Writer {
+    pool: Pool,
+    rx: mpsc::Receiver<Request>,
+    batch: BatchSettings,
+    quarantine: QuarantineSettings,
+    health: Health,
+    engine: Option<Engine>,
+    partitions: HashSet<(i32, u8)>,
+    /// Cancelled when the shutdown grace period is over: stop retrying and give up.
+    abandon: CancellationToken,
+}
+
+pub fn channel(
+    pool: Pool,
+    batch: BatchSettings,
+    quarantine: QuarantineSettings,
+    health: Health,
+    abandon: CancellationToken,
+) -> (WriterHandle, Writer) {
+    let (tx, rx) = mpsc::channel(batch.queue_capacity);
+    (
+        WriterHandle { tx },
+        Writer {
+            pool,
+            rx,
+            batch,
+            quarantine,
+            health,
+            engine: None,
+            partitions: HashSet::new(),
+            abandon,
+        },
+    )
+}
+
+impl Writer {
+    /// Runs until every [`WriterHandle`] is dropped and the queue is drained.
+    pub async fn run(mut self) {
+        while let Some(first) = self.rx.recv().await {
+            let batch = self.collect(first).await;
+            self.flush(batch).await;
+        }
+        info!("writer drained");
+    }
+
+    async fn collect(&mut self, first: Request) -> Vec<Request> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.batch.linger_ms);
+        let mut count = first.submission.reading_count();
+        let mut batch = vec![first];
+        while count < self.batch.max_readings {
+            let next = tokio::select! {
+                next = self.rx.recv() => next,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(request) = next else { break };
+            count += request.submission.reading_count();
+            batch.push(request);
+        }
+        metrics::gauge!(m::QUEUE_DEPTH).set(self.rx.len() as f64);
+        batch
+    }
+
+    async fn flush(&mut self, batch: Vec<Request>) {
+        match self.write_retrying(&batch).await {
+            Ok(outcomes) => {
+                for (request, outcomes) in batch.into_iter().zip(outcomes) {
+                    let _ = request.reply.send(Ok(outcomes));
+                }
+            }
+            Err(e) if batch.len() > 1 && !e.is_retriable() => {
+                // One submission may be at fault; write each alone so the rest still land.
+                warn!(error = %e, size = batch.len(), "batch failed; writing its submissions one by one");
+                for request in batch {
+                    let result = self
+                        .write_retrying(std::slice::from_ref(&request))
+                        .await
+                        .map(|mut o| o.remove(0));
+                    if let Err(e) = &result {
+                        error!(error = %e, "submission could not be stored");
+                        metrics::counter!(m::WRITE_FAILURES).increment(1);
+                    }
+                    let _ = request.reply.send(result);
+                }
+            }
+            Err(e) => {
+                error!(error = %e, "batch could not be stored");
+                metrics::counter!(m::WRITE_FAILURES).increment(1);
+                for request in batch {
+                    let _ = request
+                        .reply
+                        .send(Err(StoreError::Failed(e.to_string())));
+                }
+            }
+        }
+    }
+
+    async fn write_retrying(&mut self, batch: &[Request]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+        let mut backoff = Duration::from_millis(50);
+        let cap = Duration::from_millis(self.batch.max_retry_backoff_ms);
+        loop {
+            match self.write(batch).await {
+                Ok(outcomes) => {
+                    self.health.set_database(true);
+                    return Ok(outcomes);
+                }
+                Err(e) if e.is_retriable() => {
+                    self.health.set_database(false);
+                    metrics::counter!(m::WRITE_RETRIES).increment(1);
+                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "database unavailable; batch kept for retry");
+                    tokio::select! {
+                        _ = self.abandon.cancelled() => return Err(StoreError::WriterClosed),
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(cap);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write(&mut self, batch: &[Request]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+        let started = Instant::now();
+        let mut conn = self.pool.get().await?;
+        let engine = match self.engine {
+            Some(engine) => engine,
+            None => {
+                let row = conn
+                    .query_one("SELECT engine FROM storage_engine", &[])
+                    .await?;
+                let engine = if row.get::<_, &str>(0) == "timescaledb" {
+                    Engine::TimescaleDb
+                } else {
+                    Engine::Partitioned
+                };
+                self.engine = Some(engine);
+                engine
+            }
+        };
+
+        let mut plan = Plan::new(batch);
+        let readings: Vec<(usize, usize, &Reading)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(s, req)| {
+                req.submission
+                    .items
+                    .iter()
+                    .enumerate()
+                    .filter_map(move |(i, item)| match item {
+                        Item::Reading(r) => Some((s, i, r.as_ref())),
+                        Item::Refused(_) => None,
+                    })
+            })
+            .collect();
+
+        let device_ids: Vec<Uuid> = readings.iter().map(|(_, _, r)| r.device_id).collect();
+        let measured: Vec<OffsetDateTime> =
+            readings.iter().map(|(_, _, r)| r.measured_at).collect();
+        let resolve = conn
+            .prepare_cached(
+                "SELECT u.ord, d.id IS NOT NULL, d.revoked_at, b.patient_id
+                 FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS u(device_id, measured_at, ord)
+                 LEFT JOIN devices d ON d.id = u.device_id
+                 LEFT JOIN device_bindings b
+                   ON b.device_id = u.device_id AND b.valid_during @> u.measured_at",
+            )
+            .await?;
+        let rows = conn.query(&resolve, &[&device_ids, &measured]).await?;
+        let mut patient_of: HashMap<usize, Uuid> = HashMap::new();
+        let mut refused: HashMap<usize, Refusal> = HashMap::new();
+        for row in rows {
+            let ord = usize::try_from(row.get::<_, i64>(0) - 1).unwrap_or(usize::MAX);
+            let known: bool = row.get(1);
+            let revoked_at: Option<OffsetDateTime> = row.get(2);
+            let patient: Option<Uuid> = row.get(3);
+            let Some((_, _, reading)) = readings.get(ord) else { continue };
+            let refusal = if !known {
+                Some(Refusal::new(
+                    R::UnknownDevice,
+                    format!("device {} is not registered", reading.device_id),
+                ))
+            } else if revoked_at.is_some_and(|at| at <= reading.received_at) {
+                Some(Refusal::new(
+                    R::RevokedDevice,
+                    format!("device {} has been revoked", reading.device_id),
+                ))
+            } else if patient.is_none() {
+                Some(Refusal::new(
+                    R::UnboundDevice,
+                    format!(
+                        "device {} was not bound to a patient at {}",
+                        reading.device_id, reading.measured_at
+                    ),
+                ))
+            } else {
+                None
+            };
+            match (refusal, patient) {
+                (Some(refusal), _) => {
+                    refused.insert(ord, refusal);
+                }
+                (None, Some(p)) => {
+                    patient_of.insert(ord, p);
+                }
+                (None, None) => {}
+            }
+        }
+
+        let mut rows = ReadingRows::default();
+        let mut seen_keys = HashSet::new();
+        let mut seen_prints = HashSet::new();
+        for (ord, (s, i, reading)) in readings.iter().enumerate() {
+            let patient = match (refused.remove(&ord), patient_of.get(&ord)) {
+                (None, Some(patient)) => *patient,
+                (Some(refusal), _) => {
+                    plan.quarantine_reading(*s, *i, reading, refusal);
+                    continue;
+                }
+                (None, None) => {
+                    let refusal = Refusal::new(
+                        R::UnboundDevice,
+                        format!("device {} has no patient binding", reading.device_id),
+                    );
+                    plan.quarantine_reading(*s, *i, reading, refusal);
+                    continue;
+                }
+            };
+            let fingerprint = reading.fingerprint(patient);
+            if !seen_keys.insert((reading.key, reading.measured_at))
+                || !seen_prints.insert((fingerprint, reading.measured_at))
+            {
+                plan.set(*s, *i, Outcome::Duplicate { key: reading.key });
+                continue;
+            }
+            rows.push(reading, patient, fingerprint);
+            plan.pending.push((*s, *i, reading.key, reading.measured_at));
+        }
+        for (s, request) in batch.iter().enumerate() {
+            for (i, item) in request.submission.items.iter().enumerate() {
+                if let Item::Refused(q) = item {
+                    plan.quarantine_item(s, i, &request.submission, q);
+                }
+            }
+        }
+
+        let months: HashSet<(i32, u8)> = rows
+            .measured_at
+            .iter()
+            .map(|t| (t.year(), t.month() as u8))
+            .filter(|m| !self.partitions.contains(m))
+            .collect();
+        if engine == Engine::Partitioned {
+            for (year, month) in &months {
+                let first = time::Date::from_calendar_date(
+                    *year,
+                    time::Month::try_from(*month).unwrap_or(time::Month::January),
+                    1,
+                )
+                .unwrap_or(time::Date::MIN)
+                .midnight()
+                .assume_utc();
+                conn.execute("SELECT vigil_ensure_reading_partition($1)", &[&first])
+                    .await?;
+            }
+        }
+
+        let tx = conn.transaction().await?;
+        let inserted: HashSet<(Uuid, OffsetDateTime)> = if rows.key.is_empty() {
+            HashSet::new()
+        } else {
+            let insert = tx.prepare_cached(INSERT_READINGS).await?;
+            tx.query(&insert, &rows.params())
+                .await?
+                .into_iter()
+                .map(|row| (row.get(0), row.get(1)))
+                .collect()
+        };
+        if !plan.quarantine.is_empty() {
+            let q = QuarantineRows::new(&plan.quarantine, self.quarantine.max_payload_bytes);
+            let insert = tx.prepare_cached(INSERT_QUARANTINE).await?;
+            tx.execute(&insert, &q.params()).await?;
+        }
+        tx.commit().await?;
+        self.partitions.extend(months);
+
+        let elapsed = started.elapsed().as_secs_f64();
+        metrics::histogram!(m::COMMIT_SECONDS).record(elapsed);
+        metrics::histogram!(m::BATCH_READINGS)
+            .record(batch.iter().map(|r| r.submission.reading_count()).sum::<usize>() as f64);
+        Ok(plan.finish(batch, &inserted))
+    }
+}
+
+const INSERT_READINGS: &str = "
+INSERT INTO readings (key, measured_at, patient_id, device_id, type, value, unit, systolic,
+    diastolic, pulse, original_value, original_unit, range, specimen, meal, posture, arm,
+    flags, utc_offset_minutes, received_at, channel, late, fingerprint)
+SELECT key, measured_at, patient_id, device_id, type, value, unit, systolic,
+    diastolic, pulse, original_value, original_unit, range, specimen, meal, posture, arm,
+    CASE WHEN flags = '' THEN '{}'::text[] ELSE string_to_array(flags, ',') END,
+    utc_offset_minutes, received_at, channel, late, fingerprint
+FROM unnest($1::uuid[], $2::timestamptz[], $3::uuid[], $4::uuid[], $5::text[], $6::float8[],
+    $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::float8[], $12::text[],
+    $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[],
+    $19::int2[], $20::timestamptz[], $21::text[], $22::bool[], $23::uuid[])
+    AS t(key, measured_at, patient_id, device_id, type, value, unit, systolic,
+    diastolic, pulse, original_value, original_unit, range, specimen, meal, posture, arm,
+    flags, utc_offset_minutes, received_at, channel, late, fingerprint)
+ON CONFLICT DO NOTHING
+RETURNING key, measured_at";
+
+const INSERT_QUARANTINE: &str = "
+INSERT INTO quarantine (received_at, channel, device_id, topic, reading_key, reason, message,
+    payload_format, payload, payload_size, payload_truncated)
+SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::uuid[],
+    $6::text[], $7::text[], $8::text[], $9::bytea[], $10::int4[], $11::bool[])";
+
+/// Column arrays for one `unnest` insert.
+#[derive(Default)]
+struct ReadingRows<'a> {
+    key: Vec<Uuid>,
+    measured_at: Vec<OffsetDateTime>,
+    patient_id: Vec<Uuid>,
+    device_id: Vec<Uuid>,
+    kind: Vec<&'a str>,
+    value: Vec<Option<f64>>,
+    unit: Vec<&'a str>,
+    systolic: Vec<Option<f64>>,
+    diastolic: Vec<Option<f64>>,
+    pulse: Vec<Option<f64>>,
+    original_value: Vec<Option<f64>>,
+    original_unit: Vec<&'a str>,
+    range: Vec<Option<&'a str>>,
+    specimen: Vec<Option<&'a str>>,
+    meal: Vec<Option<&'a str>>,
+    posture: Vec<Option<&'a str>>,
+    arm: Vec<Option<&'a str>>,
+    flags: Vec<String>,
+    utc_offset_minutes: Vec<i16>,
+    received_at: Vec<OffsetDateTime>,
+    channel: Vec<&'a str>,
+    late: Vec<bool>,
+    fingerprint: Vec<Uuid>,
+}
+
+impl<'a> ReadingRows<'a> {
+    fn push(&mut self, r: &'a Reading, patient: Uuid, fingerprint: Uuid) {
+        self.key.push(r.key);
+        self.measured_at.push(r.measured_at);
+        self.patient_id.push(patient);
+        self.device_id.push(r.device_id);
+        self.kind.push(r.kind);
+        self.value.push(r.value);
+        self.unit.push(r.unit);
+        self.systolic.push(r.systolic);
+        self.diastolic.push(r.diastolic);
+        self.pulse.push(r.pulse);
+        self.original_value.push(r.original_value);
+        self.original_unit.push(&r.original_unit);
+        self.range.push(r.range);
+        self.specimen.push(r.specimen);
+        self.meal.push(r.meal);
+        self.posture.push(r.posture);
+        self.arm.push(r.arm);
+        // Flags are validated snake_case words, so a comma cannot occur inside one.
+        self.flags.push(r.flags.join(","));
+        self.utc_offset_minutes.push(r.utc_offset_minutes);
+        self.received_at.push(r.received_at);
+        self.channel.push(r.channel.as_str());
+        self.late.push(r.late);
+        self.fingerprint.push(fingerprint);
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 23] {
+        [
+            &self.key,
+            &self.measured_at,
+            &self.patient_id,
+            &self.device_id,
+            &self.kind,
+            &self.value,
+            &self.unit,
+            &self.systolic,
+            &self.diastolic,
+            &self.pulse,
+            &self.original_value,
+            &self.original_unit,
+            &self.range,
+            &self.specimen,
+            &self.meal,
+            &self.posture,
+            &self.arm,
+            &self.flags,
+            &self.utc_offset_minutes,
+            &self.received_at,
+            &self.channel,
+            &self.late,
+            &self.fingerprint,
+        ]
+    }
+}
+
+/// One row bound for quarantine.
+struct QuarantineEntry {
+    received_at: OffsetDateTime,
+    channel: Channel,
+    device_id: Option<Uuid>,
+    topic: Option<String>,
+    key: Option<Uuid>,
+    refusal: Refusal,
+    format: PayloadFormat,
+    payload: Bytes,
+}
+
+struct QuarantineRows<'a> {
+    received_at: Vec<OffsetDateTime>,
+    channel: Vec<&'static str>,
+    device_id: Vec<Option<Uuid>>,
+    topic: Vec<Option<&'a str>>,
+    key: Vec<Option<Uuid>>,
+    reason: Vec<&'static str>,
+    message: Vec<&'a str>,
+    format: Vec<&'static str>,
+    payload: Vec<&'a [u8]>,
+    size: Vec<i32>,
+    truncated: Vec<bool>,
+}
+
+impl<'a> QuarantineRows<'a> {
+    fn new(entries: &'a [QuarantineEntry], cap: usize) -> Self {
+        Self {
+            received_at: entries.iter().map(|e| e.received_at).collect(),
+            channel: entries.iter().map(|e| e.channel.as_str()).collect(),
+            device_id: entries.iter().map(|e| e.device_id).collect(),
+            topic: entries.iter().map(|e| e.topic.as_deref()).collect(),
+            key: entries.iter().map(|e| e.key).collect(),
+            reason: entries.iter().map(|e| e.refusal.reason.code()).collect(),
+            message: entries.iter().map(|e| e.refusal.message.as_str()).collect(),
+            format: entries.iter().map(|e| e.format.as_str()).collect(),
+            payload: entries
+                .iter()
+                .map(|e| &e.payload[..e.payload.len().min(cap)])
+                .collect(),
+            size: entries
+                .iter()
+                .map(|e| i32::try_from(e.payload.len()).unwrap_or(i32::MAX))
+                .collect(),
+            truncated: entries.iter().map(|e| e.payload.len() > cap).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 11] {
+        [
+            &self.received_at,
+            &self.channel,
+            &self.device_id,
+            &self.topic,
+            &self.key,
+            &self.reason,
+            &self.message,
+            &self.format,
+            &self.payload,
+            &self.size,
+            &self.truncated,
+        ]
+    }
+}
+
+/// Outcomes decided before the insert, plus the readings whose fate the insert decides.
+struct Plan {
+    outcomes: Vec<Vec<Option<Outcome>>>,
+    quarantine: Vec<QuarantineEntry>,
+    pending: Vec<(usize, usize, Uuid, OffsetDateTime)>,
+}
+
+impl Plan {
+    fn new(batch: &[Request]) -> Self {
+        Self {
+            outcomes: batch
+                .iter()
+                .map(|r| vec![None; r.submission.items.len()])
+                .collect(),
+            quarantine: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn set(&mut self, s: usize, i: usize, outcome: Outcome) {
+        self.outcomes[s][i] = Some(outcome);
+    }
+
+    fn quarantine_reading(&mut self, s: usize, i: usize, reading: &Reading, refusal: Refusal) {
+        let payload = serde_json::to_vec(&reading.to_raw()).unwrap_or_default();
+        self.set(
+            s,
+            i,
+            Outcome::Rejected {
+                key: Some(reading.key),
+                reason: refusal.reason,
+                message: refusal.message.clone(),
+            },
+        );
+        self.quarantine.push(QuarantineEntry {
+            received_at: reading.received_at,
+            channel: reading.channel,
+            device_id: Some(reading.device_id),
+            topic: None,
+            key: Some(reading.key),
+            refusal,
+            format: PayloadFormat::Reading,
+            payload: Bytes::from(payload),
+        });
+    }
+
+    fn quarantine_item(&mut self, s: usize, i: usize, submission: &Submission, q: &Quarantined) {
+        self.set(
+            s,
+            i,
+            Outcome::Rejected {
+                key: q.key,
+                reason: q.refusal.reason,
+                message: q.refusal.message.clone(),
+            },
+        );
+        self.quarantine.push(QuarantineEntry {
+            received_at: submission.received_at,
+            channel: submission.channel,
+            device_id: submission.device_id,
+            topic: submission.topic.clone(),
+            key: q.key,
+            refusal: q.refusal.clone(),
+            format: q.format,
+            payload: q.payload.clone(),
+        });
+    }
+
+    fn finish(
+        mut self,
+        batch: &[Request],
+        inserted: &HashSet<(Uuid, OffsetDateTime)>,
+    ) -> Vec<Vec<Outcome>> {
+        for (s, i, key, at) in std::mem::take(&mut self.pending) {
+            let outcome = if inserted.contains(&(key, at)) {
+                Outcome::Accepted { key }
+            } else {
+                Outcome::Duplicate { key }
+            };
+            self.set(s, i, outcome);
+        }
+        batch
+            .iter()
+            .zip(self.outcomes)
+            .map(|(request, outcomes)| {
+                request
+                    .submission
+                    .items
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(item, outcome)| {
+                        // Every item was given an outcome above; this is never taken.
+                        let outcome = outcome.unwrap_or(Outcome::Rejected {
+                            key: None,
+                            reason: R::UnboundDevice,
+                            message: "no outcome recorded".into(),
+                        });
+                        count(&request.submission, item, &outcome);
+                        outcome
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+fn count(submission: &Submission, item: &Item, outcome: &Outcome) {
+    let channel = submission.channel.as_str();
+    let kind = match item {
+        Item::Reading(r) => r.kind,
+        Item::Refused(_) => "unknown",
+    };
+    metrics::counter!(m::READINGS, "channel" => channel, "type" => kind, "outcome" => outcome.status())
+        .increment(1);
+    if let Outcome::Rejected { reason, .. } = outcome {
+        metrics::counter!(m::REJECTS, "channel" => channel, "reason" => reason.code())
+            .increment(1);
+    }
+}

@@ -57,7 +57,9 @@ impl Application {
     }
 
     pub fn grpc_addr(&self) -> Option<SocketAddr> {
-        self.grpc_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.grpc_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -189,7 +191,9 @@ async fn prepare_database(pool: &Pool, settings: &Settings, shutdown: &Cancellat
         };
         match attempt.await {
             Ok(()) => return true,
-            Err(e) => warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "database not ready"),
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "database not ready")
+            }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return false,

@@ -256,7 +256,7 @@ impl Default for LogSettings {
     fn default() -> Self {
         Self {
             format: LogFormat::Text,
-            filter: "info".into(),
+            filter: "info,tokio_postgres=warn".into(),
         }
     }
 }
@@ -369,7 +369,10 @@ impl Settings {
             ));
         }
         if self.quarantine.max_payload_bytes < 256 {
-            return Err(invalid("quarantine.max_payload_bytes", "must be at least 256"));
+            return Err(invalid(
+                "quarantine.max_payload_bytes",
+                "must be at least 256",
+            ));
         }
         Ok(())
     }
@@ -429,7 +432,10 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("VIGIL_MQTT__SESSION_EXPIRY_SECS", "0");
             let err = Settings::load(None).expect_err("invalid");
-            assert!(err.to_string().contains("mqtt.session_expiry_secs"), "{err}");
+            assert!(
+                err.to_string().contains("mqtt.session_expiry_secs"),
+                "{err}"
+            );
             jail.set_env("VIGIL_MQTT__SESSION_EXPIRY_SECS", "ten");
             let err = Settings::load(None).expect_err("invalid type");
             assert!(err.to_string().contains("session_expiry_secs"), "{err}");

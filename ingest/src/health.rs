@@ -19,7 +19,8 @@ pub struct Health(Arc<Flags>);
 impl Health {
     pub fn new(broker_required: bool) -> Self {
         let h = Self::default();
-        h.0.broker_required.store(broker_required, Ordering::Relaxed);
+        h.0.broker_required
+            .store(broker_required, Ordering::Relaxed);
         h
     }
 

@@ -48,7 +48,9 @@ fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError
         )?
         .set_buckets_for_metric(
             Matcher::Full(BATCH_READINGS.into()),
-            &[1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0],
+            &[
+                1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0,
+            ],
         )?
         .install_recorder()
 }

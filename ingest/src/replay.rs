@@ -70,7 +70,12 @@ fn submission(entry: &Entry, settings: &Settings) -> Result<Submission, String> 
         received_at: entry.received_at,
         rules: &settings.validation,
     };
-    let mut submission = Submission::new(channel, Some(device_id), entry.received_at, entry.topic.clone());
+    let mut submission = Submission::new(
+        channel,
+        Some(device_id),
+        entry.received_at,
+        entry.topic.clone(),
+    );
     match PayloadFormat::parse(&entry.payload_format) {
         Some(PayloadFormat::Message) => {
             if entry.raw.len() > settings.mqtt.max_message_bytes {
@@ -86,7 +91,12 @@ fn submission(entry: &Entry, settings: &Settings) -> Result<Submission, String> 
             };
         }
         Some(PayloadFormat::Reading) => submission.items = vec![decode::item(&entry.raw, &ctx)],
-        None => return Err(format!("not_replayable: unknown format {}", entry.payload_format)),
+        None => {
+            return Err(format!(
+                "not_replayable: unknown format {}",
+                entry.payload_format
+            ));
+        }
     }
     Ok(submission)
 }

@@ -4,8 +4,8 @@ use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber; `RUST_LOG` overrides the configured filter.
 pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(&settings.filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.filter));
     let registry = tracing_subscriber::registry().with(filter);
     let result = match settings.format {
         LogFormat::Json => registry

@@ -8,4 +8,4 @@ pub mod reject;
 pub mod validate;
 
 pub use reading::{Channel, RawReading, Reading};
-pub use reject::{RejectReason, Refusal};
+pub use reject::{Refusal, RejectReason};

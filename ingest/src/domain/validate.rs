@@ -6,7 +6,7 @@ use uuid::Uuid;
 use super::{
     kinds::{self, QuantityType},
     reading::{Channel, RawReading, Reading, derived_key},
-    reject::{RejectReason as R, Refusal},
+    reject::{Refusal, RejectReason as R},
 };
 use crate::config::ValidationSettings;
 
@@ -183,10 +183,7 @@ fn one_of(
         .ok_or_else(|| {
             Refusal::new(
                 R::InvalidField,
-                format!(
-                    "`{name}` {value:?} is not one of {}",
-                    allowed.join(", ")
-                ),
+                format!("`{name}` {value:?} is not one of {}", allowed.join(", ")),
             )
         })
 }
@@ -202,7 +199,10 @@ fn blood_pressure(raw: &RawReading, r: &mut Reading) -> Result<(), Refusal> {
             ("range", raw.range.is_some()),
         ],
     )?;
-    let unit = raw.unit.as_deref().unwrap_or(kinds::PRESSURE_CANONICAL_UNIT);
+    let unit = raw
+        .unit
+        .as_deref()
+        .unwrap_or(kinds::PRESSURE_CANONICAL_UNIT);
     if !kinds::PRESSURE_UNITS.contains(&unit) {
         return Err(Refusal::new(
             R::UnknownUnit,
@@ -282,7 +282,14 @@ fn quantity(raw: &RawReading, qt: &'static QuantityType, r: &mut Reading) -> Res
     let range = one_of("range", raw.range.as_deref(), kinds::RANGES)?;
     let value = finite("value", raw.value)?;
     match (value, range) {
-        (None, None) => return Err(Refusal::new(R::MissingField, format!("`value` is required for {kind} (or `range` low/high when the device showed LO/HI)"))),
+        (None, None) => {
+            return Err(Refusal::new(
+                R::MissingField,
+                format!(
+                    "`value` is required for {kind} (or `range` low/high when the device showed LO/HI)"
+                ),
+            ));
+        }
         // A LO/HI result may carry the device's limit; it is a bound, not a measurement,
         // and is kept even outside the plausibility limits.
         (Some(_), Some(_)) | (None, Some(_)) => {}
@@ -530,7 +537,10 @@ mod tests {
             ..Default::default()
         };
         let r = check(hr).expect("valid");
-        assert_eq!((r.value, r.unit, r.original_unit.as_str()), (Some(64.0), "/min", "bpm"));
+        assert_eq!(
+            (r.value, r.unit, r.original_unit.as_str()),
+            (Some(64.0), "/min", "bpm")
+        );
         let ketones = RawReading {
             kind: "blood_ketones".into(),
             measured_at: "2026-11-22T08:00:00Z".into(),

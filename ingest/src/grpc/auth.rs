@@ -26,13 +26,17 @@ pub fn hash(token: &str) -> Vec<u8> {
 pub async fn device_of(pool: &Pool, metadata: &MetadataMap) -> Result<Uuid, ApiError> {
     let header = metadata
         .get("authorization")
-        .ok_or_else(|| ApiError::Unauthenticated("missing `authorization: Bearer <device token>`".into()))?
+        .ok_or_else(|| {
+            ApiError::Unauthenticated("missing `authorization: Bearer <device token>`".into())
+        })?
         .to_str()
         .map_err(|_| ApiError::Unauthenticated("`authorization` is not valid text".into()))?;
     let token = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
-        .ok_or_else(|| ApiError::Unauthenticated("`authorization` must be `Bearer <device token>`".into()))?
+        .ok_or_else(|| {
+            ApiError::Unauthenticated("`authorization` must be `Bearer <device token>`".into())
+        })?
         .trim();
     if !token.starts_with(PREFIX) {
         return Err(ApiError::Unauthenticated("not a Vigil device token".into()));

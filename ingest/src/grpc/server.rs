@@ -23,8 +23,7 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let ingest = IngestServiceServer::new(ingest)
-        .max_decoding_message_size(max_message_bytes);
+    let ingest = IngestServiceServer::new(ingest).max_decoding_message_size(max_message_bytes);
 
     // The overall status starts as SERVING; mirror readiness instead.
     let mirror_token = token.clone();

@@ -62,9 +62,10 @@ impl From<ApiError> for Status {
         metrics::counter!(crate::metrics::GRPC_REFUSED, "code" => format!("{code:?}")).increment(1);
         let mut status = Status::new(code, e.to_string());
         if matches!(code, Code::ResourceExhausted | Code::Unavailable) {
-            status
-                .metadata_mut()
-                .insert("retry-after-ms", RETRY_AFTER_MS.parse().expect("static ascii"));
+            status.metadata_mut().insert(
+                "retry-after-ms",
+                RETRY_AFTER_MS.parse().expect("static ascii"),
+            );
         }
         status
     }

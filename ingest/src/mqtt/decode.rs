@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     domain::{
-        RawReading, RejectReason as R, Refusal,
+        RawReading, Refusal, RejectReason as R,
         validate::{Context, validate},
     },
     submission::{Item, PayloadFormat, Quarantined},
@@ -145,7 +145,10 @@ mod tests {
 
     #[test]
     fn whole_message_problems_refuse_the_message() {
-        assert_eq!(run("not json").expect_err("bad").reason, R::MalformedPayload);
+        assert_eq!(
+            run("not json").expect_err("bad").reason,
+            R::MalformedPayload
+        );
         assert_eq!(run("[1,2]").expect_err("bad").reason, R::MalformedPayload);
         assert_eq!(
             run(r#"{"readings":5}"#).expect_err("bad").reason,
@@ -161,7 +164,8 @@ mod tests {
 
     #[test]
     fn nan_cannot_travel_in_json() {
-        let items = run(r#"{"type":"heart_rate","measured_at":"2026-11-22T11:00:00Z","value":NaN}"#);
+        let items =
+            run(r#"{"type":"heart_rate","measured_at":"2026-11-22T11:00:00Z","value":NaN}"#);
         assert_eq!(items.expect_err("bad").reason, R::MalformedPayload);
     }
 }

@@ -105,7 +105,8 @@ impl MqttFrontend {
         let poller = tokio::spawn(poll_loop(
             eventloop,
             client.clone(),
-            self.topics.shared_readings_filter(&self.settings.share_group),
+            self.topics
+                .shared_readings_filter(&self.settings.share_group),
             Arc::clone(&epoch),
             tx,
             self.health.clone(),
@@ -116,7 +117,10 @@ impl MqttFrontend {
             debug!(error = %e, "disconnect request not queued");
         }
         // Give the event loop a moment to write the last acknowledgements and DISCONNECT.
-        if tokio::time::timeout(Duration::from_secs(2), poller).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), poller)
+            .await
+            .is_err()
+        {
             polling.cancel();
         }
         self.health.set_broker(false);
@@ -191,7 +195,10 @@ impl MqttFrontend {
             rules: &self.validation,
         };
         match decode::decode(&payload, &ctx, self.validation.max_readings_per_submission) {
-            Ok(items) => Submission { items, ..submission },
+            Ok(items) => Submission {
+                items,
+                ..submission
+            },
             Err(refusal) => submission.refused_whole(refusal, payload),
         }
     }

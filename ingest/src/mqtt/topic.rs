@@ -9,7 +9,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(root: &str) -> Self {
-        Self { root: root.to_string() }
+        Self {
+            root: root.to_string(),
+        }
     }
 
     /// The filter the service subscribes to, inside a shared subscription.

@@ -18,7 +18,9 @@ pub const DEVICE_KINDS: &[&str] = &[
 ];
 
 fn conflict(e: tokio_postgres::Error, what: impl FnOnce() -> String) -> StoreError {
-    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) || e.code() == Some(&SqlState::EXCLUSION_VIOLATION) {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+        || e.code() == Some(&SqlState::EXCLUSION_VIOLATION)
+    {
         StoreError::Conflict(what())
     } else {
         e.into()
@@ -66,7 +68,12 @@ pub async fn add_patient(
     client
         .execute(
             "INSERT INTO patients (id, team_id, nhs_number, date_of_birth) VALUES ($1, $2, $3, $4)",
-            &[&id, &team_id, &nhs_number.map(NhsNumber::expose), &date_of_birth],
+            &[
+                &id,
+                &team_id,
+                &nhs_number.map(NhsNumber::expose),
+                &date_of_birth,
+            ],
         )
         .await
         .map_err(|e| conflict(e, || "a patient with this NHS number already exists".into()))?;
@@ -169,13 +176,20 @@ pub async fn rebind_device(
         &[&device, &patient, &at],
     )
     .await
-    .map_err(|e| conflict(e, || format!("device {device} already has a binding after {at}")))?;
+    .map_err(|e| {
+        conflict(e, || {
+            format!("device {device} already has a binding after {at}")
+        })
+    })?;
     tx.commit().await?;
     Ok(())
 }
 
 /// Revokes a device: its token stops working and its readings are refused from now on.
-pub async fn revoke_device(client: &mut Client, device: Uuid) -> Result<OffsetDateTime, StoreError> {
+pub async fn revoke_device(
+    client: &mut Client,
+    device: Uuid,
+) -> Result<OffsetDateTime, StoreError> {
     let tx = client.transaction().await?;
     let row = tx
         .query_opt(

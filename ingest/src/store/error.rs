@@ -2,9 +2,9 @@ use deadpool_postgres::PoolError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
-    #[error("database pool: {0}")]
+    #[error("database: {}", describe_pool(.0))]
     Pool(#[from] PoolError),
     #[error("database pool: {0}")]
     Build(#[from] deadpool_postgres::BuildError),
@@ -45,5 +45,30 @@ impl StoreError {
             }
             _ => false,
         }
+    }
+}
+
+/// tokio-postgres prints only "db error"; the server's message and code are in the source.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} ({})", db.message(), db.code().code());
+            if let Some(detail) = db.detail() {
+                text.push_str(": ");
+                text.push_str(detail);
+            }
+            text
+        }
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn describe_pool(e: &PoolError) -> String {
+    match e {
+        PoolError::Backend(e) => describe(e),
+        other => other.to_string(),
     }
 }

@@ -65,9 +65,12 @@ pub async fn maintain_partitions(
     }
     client
         .execute(
-            "SELECT vigil_ensure_reading_partition($1 + make_interval(months => m))
-             FROM generate_series(0, $2) AS m",
-            &[&now, &i32::try_from(s.partitions_ahead_months).unwrap_or(12)],
+            "SELECT vigil_ensure_reading_partition($1::timestamptz + make_interval(months => m))
+             FROM generate_series(0, $2::int4) AS m",
+            &[
+                &now,
+                &i32::try_from(s.partitions_ahead_months).unwrap_or(12),
+            ],
         )
         .await?;
     if s.retention_days == 0 {

@@ -11,10 +11,7 @@ pub type Pool = deadpool_postgres::Pool;
 /// Builds a pool that connects lazily, so the service starts (and reports not-ready) while
 /// the database is down.
 pub fn build(settings: &DatabaseSettings) -> Result<Pool, StoreError> {
-    let mut config: tokio_postgres::Config = settings
-        .url
-        .parse()
-        .map_err(StoreError::Db)?;
+    let mut config: tokio_postgres::Config = settings.url.parse().map_err(StoreError::Db)?;
     config.connect_timeout(Duration::from_secs(settings.connect_timeout_secs));
     if config.get_application_name().is_none() {
         config.application_name("vigil");

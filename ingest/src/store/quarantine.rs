@@ -52,7 +52,13 @@ pub async fn list(client: &Client, f: &Filter) -> Result<Vec<Entry>, StoreError>
                AND ($4 OR replayed_at IS NULL)
              ORDER BY id
              LIMIT $5",
-            &[&f.ids, &f.reason, &f.device_id, &f.include_replayed, &f.limit],
+            &[
+                &f.ids,
+                &f.reason,
+                &f.device_id,
+                &f.include_replayed,
+                &f.limit,
+            ],
         )
         .await?;
     Ok(rows

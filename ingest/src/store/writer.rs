@@ -176,9 +176,7 @@ impl Writer {
                 error!(error = %e, "batch could not be stored");
                 metrics::counter!(m::WRITE_FAILURES).increment(1);
                 for request in batch {
-                    let _ = request
-                        .reply
-                        .send(Err(StoreError::Failed(e.to_string())));
+                    let _ = request.reply.send(Err(StoreError::Failed(e.to_string())));
                 }
             }
         }
@@ -228,20 +226,19 @@ impl Writer {
         };
 
         let mut plan = Plan::new(batch);
-        let readings: Vec<(usize, usize, &Reading)> = batch
-            .iter()
-            .enumerate()
-            .flat_map(|(s, req)| {
-                req.submission
-                    .items
-                    .iter()
-                    .enumerate()
-                    .filter_map(move |(i, item)| match item {
-                        Item::Reading(r) => Some((s, i, r.as_ref())),
-                        Item::Refused(_) => None,
-                    })
-            })
-            .collect();
+        let readings: Vec<(usize, usize, &Reading)> =
+            batch
+                .iter()
+                .enumerate()
+                .flat_map(|(s, req)| {
+                    req.submission.items.iter().enumerate().filter_map(
+                        move |(i, item)| match item {
+                            Item::Reading(r) => Some((s, i, r.as_ref())),
+                            Item::Refused(_) => None,
+                        },
+                    )
+                })
+                .collect();
 
         let device_ids: Vec<Uuid> = readings.iter().map(|(_, _, r)| r.device_id).collect();
         let measured: Vec<OffsetDateTime> =
@@ -263,7 +260,9 @@ impl Writer {
             let known: bool = row.get(1);
             let revoked_at: Option<OffsetDateTime> = row.get(2);
             let patient: Option<Uuid> = row.get(3);
-            let Some((_, _, reading)) = readings.get(ord) else { continue };
+            let Some((_, _, reading)) = readings.get(ord) else {
+                continue;
+            };
             let refusal = if !known {
                 Some(Refusal::new(
                     R::UnknownDevice,
@@ -323,7 +322,8 @@ impl Writer {
                 continue;
             }
             rows.push(reading, patient, fingerprint);
-            plan.pending.push((*s, *i, reading.key, reading.measured_at));
+            plan.pending
+                .push((*s, *i, reading.key, reading.measured_at));
         }
         for (s, request) in batch.iter().enumerate() {
             for (i, item) in request.submission.items.iter().enumerate() {
@@ -375,8 +375,12 @@ impl Writer {
 
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!(m::COMMIT_SECONDS).record(elapsed);
-        metrics::histogram!(m::BATCH_READINGS)
-            .record(batch.iter().map(|r| r.submission.reading_count()).sum::<usize>() as f64);
+        metrics::histogram!(m::BATCH_READINGS).record(
+            batch
+                .iter()
+                .map(|r| r.submission.reading_count())
+                .sum::<usize>() as f64,
+        );
         Ok(plan.finish(batch, &inserted))
     }
 }
@@ -671,7 +675,6 @@ fn count(submission: &Submission, item: &Item, outcome: &Outcome) {
     metrics::counter!(m::READINGS, "channel" => channel, "type" => kind, "outcome" => outcome.status())
         .increment(1);
     if let Outcome::Rejected { reason, .. } = outcome {
-        metrics::counter!(m::REJECTS, "channel" => channel, "reason" => reason.code())
-            .increment(1);
+        metrics::counter!(m::REJECTS, "channel" => channel, "reason" => reason.code()).increment(1);
     }
 }

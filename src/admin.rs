@@ -1,0 +1,293 @@
+//! `vigil admin …`: registry and quarantine commands. Human-readable output by default,
+//! JSON with `--json`.
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
+use uuid::Uuid;
+use vigil_ingest::{
+    Settings,
+    domain::nhs::NhsNumber,
+    replay,
+    store::{self, admin, quarantine},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Care teams.
+    Team {
+        #[command(subcommand)]
+        command: TeamCommand,
+    },
+    /// Patients.
+    Patient {
+        #[command(subcommand)]
+        command: PatientCommand,
+    },
+    /// Devices, their tokens and patient bindings.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Refused readings and messages.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TeamCommand {
+    /// Create a care team.
+    Add {
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PatientCommand {
+    /// Enrol a patient in a care team. Prints the patient's pseudonymous id.
+    Add {
+        /// Care team id or name.
+        #[arg(long)]
+        team: String,
+        /// NHS number (validated with its check digit; stored, never logged).
+        #[arg(long)]
+        nhs_number: Option<String>,
+        /// Date of birth, YYYY-MM-DD (blood-pressure targets depend on age).
+        #[arg(long)]
+        date_of_birth: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device for a patient. Prints its id and its token, once.
+    Add {
+        #[arg(long)]
+        patient: Uuid,
+        /// bp_monitor, glucose_meter, cgm, ketone_meter, scale, heart_rate_monitor or health_app.
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        model: Option<String>,
+        /// Start of the binding (RFC 3339). Defaults to now; set it earlier to accept readings
+        /// the device stored before it was registered.
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Re-issue a device to another patient from a point in time on.
+    Rebind {
+        #[arg(long)]
+        device: Uuid,
+        #[arg(long)]
+        patient: Uuid,
+        /// When the device changed hands (RFC 3339); defaults to now.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Revoke a device: its token stops working and its readings are refused.
+    Revoke {
+        #[arg(long)]
+        device: Uuid,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// List quarantined entries not yet replayed.
+    List(QuarantineFilter),
+    /// Run quarantined entries through ingest again (e.g. after registering their device).
+    Replay(QuarantineFilter),
+}
+
+#[derive(Debug, Args)]
+pub struct QuarantineFilter {
+    /// Only these entry ids.
+    #[arg(long = "id")]
+    ids: Vec<i64>,
+    /// Only entries with this reason code, e.g. unknown_device.
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    device: Option<Uuid>,
+    /// Include entries already replayed.
+    #[arg(long)]
+    all: bool,
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+}
+
+impl From<&QuarantineFilter> for quarantine::Filter {
+    fn from(f: &QuarantineFilter) -> Self {
+        Self {
+            ids: f.ids.clone(),
+            reason: f.reason.clone(),
+            device_id: f.device,
+            include_replayed: f.all,
+            limit: f.limit,
+        }
+    }
+}
+
+fn timestamp(value: Option<&str>, flag: &str) -> anyhow::Result<OffsetDateTime> {
+    match value {
+        None => Ok(OffsetDateTime::now_utc()),
+        Some(v) => OffsetDateTime::parse(v, &Rfc3339)
+            .with_context(|| format!("--{flag} {v:?} is not an RFC 3339 timestamp")),
+    }
+}
+
+pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyhow::Result<()> {
+    let pool = store::pool::build(&settings.database)?;
+    let mut client = pool.get().await.context("connecting to the database")?;
+    let out = match command {
+        AdminCommand::Team {
+            command: TeamCommand::Add { name },
+        } => {
+            let id = admin::add_team(&client, &name).await?;
+            Output::new(json!({ "team_id": id, "name": name }), format!("team {id}"))
+        }
+        AdminCommand::Patient {
+            command:
+                PatientCommand::Add {
+                    team,
+                    nhs_number,
+                    date_of_birth,
+                },
+        } => {
+            let nhs = nhs_number
+                .as_deref()
+                .map(NhsNumber::parse)
+                .transpose()
+                .context("--nhs-number")?;
+            let dob = date_of_birth
+                .as_deref()
+                .map(|d| {
+                    Date::parse(d, time::macros::format_description!("[year]-[month]-[day]"))
+                        .with_context(|| format!("--date-of-birth {d:?} is not YYYY-MM-DD"))
+                })
+                .transpose()?;
+            let (id, team_id) = admin::add_patient(&client, &team, nhs.as_ref(), dob).await?;
+            Output::new(
+                json!({ "patient_id": id, "team_id": team_id }),
+                format!("patient {id}"),
+            )
+        }
+        AdminCommand::Device { command } => device(&mut client, command).await?,
+        AdminCommand::Quarantine {
+            command: QuarantineCommand::List(filter),
+        } => {
+            let entries = quarantine::list(&client, &(&filter).into()).await?;
+            let text = entries
+                .iter()
+                .map(|e| {
+                    format!(
+                        "#{} {} {} device={} reason={}: {}\n    {}",
+                        e.id,
+                        e.received_at.format(&Rfc3339).unwrap_or_default(),
+                        e.channel,
+                        e.device_id
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| "-".into()),
+                        e.reason,
+                        e.message,
+                        e.payload,
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            let text = if text.is_empty() {
+                "quarantine is empty".to_string()
+            } else {
+                text
+            };
+            Output::new(serde_json::to_value(&entries)?, text)
+        }
+        AdminCommand::Quarantine {
+            command: QuarantineCommand::Replay(filter),
+        } => {
+            let report = replay::replay(&pool, settings, &(&filter).into()).await?;
+            let text = report
+                .iter()
+                .map(|r| format!("#{} {}", r.id, r.outcome))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let text = if text.is_empty() {
+                "nothing to replay".to_string()
+            } else {
+                text
+            };
+            Output::new(serde_json::to_value(&report)?, text)
+        }
+    };
+    out.print(json)
+}
+
+async fn device(
+    client: &mut tokio_postgres::Client,
+    command: DeviceCommand,
+) -> anyhow::Result<Output> {
+    Ok(match command {
+        DeviceCommand::Add {
+            patient,
+            kind,
+            model,
+            from,
+        } => {
+            let from = timestamp(from.as_deref(), "from")?;
+            let device = admin::add_device(client, patient, &kind, model.as_deref(), from).await?;
+            Output::new(
+                json!({ "device_id": device.id, "token": device.token, "patient_id": patient }),
+                format!(
+                    "device {}\ntoken  {}\n(the token is shown only now; store it on the device)",
+                    device.id, device.token
+                ),
+            )
+        }
+        DeviceCommand::Rebind {
+            device,
+            patient,
+            at,
+        } => {
+            let at = timestamp(at.as_deref(), "at")?;
+            admin::rebind_device(client, device, patient, at).await?;
+            let at = at.format(&Rfc3339)?;
+            Output::new(
+                json!({ "device_id": device, "patient_id": patient, "from": at }),
+                format!("device {device} bound to patient {patient} from {at}"),
+            )
+        }
+        DeviceCommand::Revoke { device } => {
+            let at = admin::revoke_device(client, device)
+                .await?
+                .format(&Rfc3339)?;
+            Output::new(
+                json!({ "device_id": device, "revoked_at": at }),
+                format!("device {device} revoked at {at}"),
+            )
+        }
+    })
+}
+
+struct Output {
+    json: serde_json::Value,
+    text: String,
+}
+
+impl Output {
+    fn new(json: serde_json::Value, text: String) -> Self {
+        Self { json, text }
+    }
+
+    fn print(&self, json: bool) -> anyhow::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self.json)?);
+        } else {
+            println!("{}", self.text);
+        }
+        Ok(())
+    }
+}

@@ -68,6 +68,9 @@ pub enum DeviceCommand {
     Add {
         #[arg(long)]
         patient: Uuid,
+        /// Use this device id (e.g. one the device already publishes under) instead of a new one.
+        #[arg(long)]
+        id: Option<Uuid>,
         /// bp_monitor, glucose_meter, cgm, ketone_meter, scale, heart_rate_monitor or health_app.
         #[arg(long)]
         kind: String,
@@ -233,12 +236,15 @@ async fn device(
     Ok(match command {
         DeviceCommand::Add {
             patient,
+            id,
             kind,
             model,
             from,
         } => {
             let from = timestamp(from.as_deref(), "from")?;
-            let device = admin::add_device(client, patient, &kind, model.as_deref(), from).await?;
+            let id = id.unwrap_or_else(Uuid::new_v4);
+            let device =
+                admin::add_device(client, id, patient, &kind, model.as_deref(), from).await?;
             Output::new(
                 json!({ "device_id": device.id, "token": device.token, "patient_id": patient }),
                 format!(

@@ -80,7 +80,7 @@ impl Application {
         } = self;
         let intake = CancellationToken::new();
         let background = CancellationToken::new();
-        let abandon = CancellationToken::new();
+        let writer_shutdown = writer::Shutdown::default();
 
         let http_task = tokio::spawn(http::serve(
             http_listener,
@@ -96,7 +96,7 @@ impl Application {
             settings.batch.clone(),
             settings.quarantine.clone(),
             health.clone(),
-            abandon.clone(),
+            writer_shutdown.clone(),
         );
         let writer_task = tokio::spawn(writer.run());
 
@@ -145,16 +145,17 @@ impl Application {
         );
         health.set_stopping();
         intake.cancel();
+        writer_shutdown.drain.cancel();
         if let Some(task) = mqtt_task {
             wait(task, deadline, "mqtt front-end").await;
         }
-        if let Some(task) = grpc_task {
-            if let Some(Err(e)) = wait(task, deadline, "grpc server").await {
-                error!(error = %e, "grpc server failed");
-            }
+        if let Some(task) = grpc_task
+            && let Some(Err(e)) = wait(task, deadline, "grpc server").await
+        {
+            error!(error = %e, "grpc server failed");
         }
         if wait(writer_task, deadline, "writer").await.is_none() {
-            abandon.cancel();
+            writer_shutdown.abandon.cancel();
         }
         background.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;

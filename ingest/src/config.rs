@@ -287,7 +287,9 @@ impl Settings {
         }
         // VIGIL_CONFIG names the file itself, and VIGIL_TEST_* belong to the test suite.
         let env = Env::prefixed("VIGIL_")
-            .filter(|key| key != "config" && !key.as_str().starts_with("test_"))
+            .filter(|key| {
+                key != "config" && !key.as_str().to_ascii_lowercase().starts_with("test_")
+            })
             .split("__");
         Ok(figment.merge(env))
     }
@@ -391,6 +393,8 @@ impl ExtractSettings for Figment {
 }
 
 #[cfg(test)]
+// figment's `Jail` closures must return its large error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;
@@ -438,7 +442,12 @@ mod tests {
             );
             jail.set_env("VIGIL_MQTT__SESSION_EXPIRY_SECS", "ten");
             let err = Settings::load(None).expect_err("invalid type");
-            assert!(err.to_string().contains("session_expiry_secs"), "{err}");
+            assert!(
+                err.to_string()
+                    .to_lowercase()
+                    .contains("session_expiry_secs"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -3,8 +3,6 @@
 //! that sent them). Each entry is marked with what happened; a reading refused again is
 //! quarantined again with its new reason, so nothing is lost either way.
 
-use tokio_util::sync::CancellationToken;
-
 use crate::{
     config::Settings,
     domain::{Channel, Refusal, RejectReason, validate::Context},
@@ -36,7 +34,7 @@ pub async fn replay(
         settings.batch.clone(),
         settings.quarantine.clone(),
         Health::default(),
-        CancellationToken::new(),
+        writer::Shutdown::default(),
     );
     let writer_task = tokio::spawn(writer.run());
     let mut report = Vec::new();

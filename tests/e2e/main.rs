@@ -1,1 +1,17 @@
+//! End-to-end tests on real PostgreSQL and a real Mosquitto. Each test creates its own
+//! database and its own MQTT topic root, so tests run in parallel.
+//!
+//! Environment: `VIGIL_TEST_DATABASE_URL` (a server where the role may create databases),
+//! `VIGIL_TEST_MQTT_HOST`/`VIGIL_TEST_MQTT_PORT` (the project's broker; `scripts/test` sets
+//! them) and optionally `VIGIL_TEST_TIMESCALE_URL` (a server with TimescaleDB preloaded).
 
+mod harness;
+
+mod bad_input;
+mod crash;
+mod database_outage;
+mod duplicates;
+mod grpc_api;
+mod migrations;
+mod mqtt_ingest;
+mod quarantine_replay;

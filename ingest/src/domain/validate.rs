@@ -82,7 +82,7 @@ fn parse_time(text: &str, ctx: &Context<'_>) -> Result<(OffsetDateTime, i16), Re
             ),
         )
     })?;
-    let offset_minutes = i16::try_from(parsed.offset().whole_minutes()).unwrap_or(0);
+    let offset_minutes = parsed.offset().whole_minutes();
     let utc = parsed.to_offset(time::UtcOffset::UTC);
     let utc = utc.replace_nanosecond(0).unwrap_or(utc);
     let skew = Duration::seconds(i64::try_from(ctx.rules.max_future_skew_secs).unwrap_or(0));

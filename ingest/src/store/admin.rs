@@ -96,6 +96,7 @@ pub struct NewDevice {
 /// Registers a device bound to `patient` from `from` on; the token is returned only here.
 pub async fn add_device(
     client: &mut Client,
+    id: Uuid,
     patient: Uuid,
     kind: &str,
     model: Option<&str>,
@@ -108,14 +109,14 @@ pub async fn add_device(
         )));
     }
     require_patient(client, patient).await?;
-    let id = Uuid::new_v4();
     let token = auth::new_token();
     let tx = client.transaction().await?;
     tx.execute(
         "INSERT INTO devices (id, kind, model, token_hash) VALUES ($1, $2, $3, $4)",
         &[&id, &kind, &model, &auth::hash(&token)],
     )
-    .await?;
+    .await
+    .map_err(|e| conflict(e, || format!("device {id} is already registered")))?;
     tx.execute(
         "INSERT INTO device_bindings (device_id, patient_id, valid_during)
          VALUES ($1, $2, tstzrange($3, NULL))",

@@ -96,8 +96,17 @@ pub struct Writer {
     health: Health,
     engine: Option<Engine>,
     partitions: HashSet<(i32, u8)>,
+    /// Cancelled when intake stops: commit what arrives without lingering.
+    drain: CancellationToken,
     /// Cancelled when the shutdown grace period is over: stop retrying and give up.
     abandon: CancellationToken,
+}
+
+/// Tokens that steer the writer through shutdown.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub abandon: CancellationToken,
 }
 
 pub fn channel(
@@ -105,7 +114,7 @@ pub fn channel(
     batch: BatchSettings,
     quarantine: QuarantineSettings,
     health: Health,
-    abandon: CancellationToken,
+    shutdown: Shutdown,
 ) -> (WriterHandle, Writer) {
     let (tx, rx) = mpsc::channel(batch.queue_capacity);
     (
@@ -118,7 +127,8 @@ pub fn channel(
             health,
             engine: None,
             partitions: HashSet::new(),
-            abandon,
+            drain: shutdown.drain,
+            abandon: shutdown.abandon,
         },
     )
 }
@@ -141,6 +151,7 @@ impl Writer {
             let next = tokio::select! {
                 next = self.rx.recv() => next,
                 _ = tokio::time::sleep_until(deadline) => None,
+                _ = self.drain.cancelled() => self.rx.try_recv().ok(),
             };
             let Some(request) = next else { break };
             count += request.submission.reading_count();

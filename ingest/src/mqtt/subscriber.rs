@@ -6,6 +6,10 @@
 //! on; an outcome that completes after a reconnect is not acknowledged, because a PUBACK on
 //! the new connection could match another message's packet id. The broker redelivers such
 //! messages from the resumed session and the writer reports them as duplicates.
+//!
+//! Results go out on a second connection: QoS 1 publishes occupy the outgoing in-flight
+//! window, and on the consuming connection a full window holds back the acknowledgements
+//! queued behind them.
 
 use std::{
     sync::{
@@ -78,20 +82,27 @@ impl MqttFrontend {
         }
     }
 
-    fn options(&self) -> MqttOptions {
+    fn base_options(&self, client_id: String) -> MqttOptions {
         let s = &self.settings;
-        let mut options = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        let mut options = MqttOptions::new(client_id, s.host.clone(), s.port);
         options
             .set_keep_alive(Duration::from_secs(s.keep_alive_secs))
-            .set_clean_start(false)
-            .set_session_expiry_interval(Some(s.session_expiry_secs))
-            .set_manual_acks(true)
-            .set_receive_maximum(Some(s.receive_maximum))
-            .set_max_packet_size(Some(CLIENT_MAX_PACKET))
             .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
         if let Some(user) = &s.username {
             options.set_credentials(user.clone(), s.password.clone().unwrap_or_default());
         }
+        options
+    }
+
+    fn options(&self) -> MqttOptions {
+        let s = &self.settings;
+        let mut options = self.base_options(s.client_id.clone());
+        options
+            .set_clean_start(false)
+            .set_session_expiry_interval(Some(s.session_expiry_secs))
+            .set_manual_acks(true)
+            .set_receive_maximum(Some(s.receive_maximum))
+            .set_max_packet_size(Some(CLIENT_MAX_PACKET));
         options
     }
 
@@ -104,24 +115,40 @@ impl MqttFrontend {
         let polling = CancellationToken::new();
         let poller = tokio::spawn(poll_loop(
             eventloop,
-            client.clone(),
-            self.topics
-                .shared_readings_filter(&self.settings.share_group),
-            Arc::clone(&epoch),
-            tx,
-            self.health.clone(),
+            Some(Consumer {
+                client: client.clone(),
+                filter: self
+                    .topics
+                    .shared_readings_filter(&self.settings.share_group),
+                epoch: Arc::clone(&epoch),
+                deliveries: tx,
+                health: self.health.clone(),
+            }),
             polling.clone(),
         ));
-        self.process(&client, rx, &epoch, token).await;
-        if let Err(e) = client.disconnect().await {
-            debug!(error = %e, "disconnect request not queued");
-        }
-        // Give the event loop a moment to write the last acknowledgements and DISCONNECT.
-        if tokio::time::timeout(Duration::from_secs(2), poller)
-            .await
-            .is_err()
-        {
-            polling.cancel();
+        let results = if self.settings.publish_results {
+            let options = self.base_options(format!("{}-results", self.settings.client_id));
+            let (results, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL_CAPACITY);
+            let task = tokio::spawn(poll_loop(eventloop, None, polling.clone()));
+            Some((results, task))
+        } else {
+            None
+        };
+        self.process(&client, results.as_ref().map(|r| &r.0), rx, &epoch, token)
+            .await;
+        // Give each event loop a moment to write what is queued, then DISCONNECT.
+        let mut loops = vec![(client, poller)];
+        loops.extend(results);
+        for (client, task) in loops {
+            if let Err(e) = client.disconnect().await {
+                debug!(error = %e, "disconnect request not queued");
+            }
+            if tokio::time::timeout(Duration::from_secs(2), task)
+                .await
+                .is_err()
+            {
+                polling.cancel();
+            }
         }
         self.health.set_broker(false);
         info!("mqtt front-end stopped");
@@ -130,6 +157,7 @@ impl MqttFrontend {
     async fn process(
         &self,
         client: &AsyncClient,
+        results: Option<&AsyncClient>,
         mut rx: mpsc::UnboundedReceiver<Delivery>,
         epoch: &AtomicU64,
         token: CancellationToken,
@@ -141,7 +169,7 @@ impl MqttFrontend {
             tokio::select! {
                 biased;
                 Some((delivery, result)) = inflight.next(), if !inflight.is_empty() => {
-                    self.complete(client, epoch, delivery, result).await;
+                    self.complete(client, results, epoch, delivery, result).await;
                 }
                 _ = token.cancelled(), if !stopping => {
                     info!(pending = inflight.len(), "mqtt intake stopped; finishing messages in flight");
@@ -206,6 +234,7 @@ impl MqttFrontend {
     async fn complete(
         &self,
         client: &AsyncClient,
+        results: Option<&AsyncClient>,
         epoch: &AtomicU64,
         delivery: Delivery,
         result: Result<Vec<Outcome>, SubmitError>,
@@ -226,8 +255,8 @@ impl MqttFrontend {
         } else {
             metrics::counter!(m::MQTT_STALE_ACKS).increment(1);
         }
-        if self.settings.publish_results {
-            self.publish_results(client, &delivery, &outcomes);
+        if let Some(results) = results {
+            self.publish_results(results, &delivery, &outcomes);
         }
     }
 
@@ -262,15 +291,16 @@ impl MqttFrontend {
     }
 }
 
-async fn poll_loop(
-    mut eventloop: EventLoop,
+/// What the consuming connection does with broker events; the results connection has none.
+struct Consumer {
     client: AsyncClient,
     filter: String,
     epoch: Arc<AtomicU64>,
-    tx: mpsc::UnboundedSender<Delivery>,
+    deliveries: mpsc::UnboundedSender<Delivery>,
     health: Health,
-    stop: CancellationToken,
-) {
+}
+
+async fn poll_loop(mut eventloop: EventLoop, consumer: Option<Consumer>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let event = tokio::select! {
@@ -279,25 +309,27 @@ async fn poll_loop(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                epoch.fetch_add(1, Ordering::AcqRel);
-                health.set_broker(true);
                 backoff = Duration::from_millis(100);
+                let Some(c) = &consumer else { continue };
+                c.epoch.fetch_add(1, Ordering::AcqRel);
+                c.health.set_broker(true);
                 info!(session_present = ack.session_present, "connected to broker");
                 // A broker without our session (first start, expiry, broker lost its state)
                 // has no subscription for us either.
                 if !ack.session_present
-                    && let Err(e) = client.try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                    && let Err(e) = c.client.try_subscribe(c.filter.clone(), QoS::AtLeastOnce)
                 {
                     warn!(error = %e, "could not queue subscription");
                 }
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
+                let Some(c) = &consumer else { continue };
                 let delivery = Delivery {
                     publish,
-                    epoch: epoch.load(Ordering::Acquire),
+                    epoch: c.epoch.load(Ordering::Acquire),
                     received_at: OffsetDateTime::now_utc(),
                 };
-                if tx.send(delivery).is_err() {
+                if c.deliveries.send(delivery).is_err() {
                     return;
                 }
             }
@@ -307,7 +339,9 @@ async fn poll_loop(
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
-                health.set_broker(false);
+                if let Some(c) = &consumer {
+                    c.health.set_broker(false);
+                }
                 metrics::counter!(m::MQTT_CONNECTION_ERRORS).increment(1);
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection failed");
                 tokio::select! {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::harness::*;
+use crate::{child::ChildService, harness::*};
 
 fn glucose(minutes_ago: i64) -> String {
     json!({ "type": "blood_glucose", "measured_at": now_rfc3339(-60 * minutes_ago),

@@ -5,6 +5,7 @@
 //! `VIGIL_TEST_MQTT_HOST`/`VIGIL_TEST_MQTT_PORT` (the project's broker; `scripts/test` sets
 //! them) and optionally `VIGIL_TEST_TIMESCALE_URL` (a server with TimescaleDB preloaded).
 
+mod child;
 mod harness;
 
 mod bad_input;

@@ -126,3 +126,51 @@ async fn a_device_reissued_to_another_patient_attributes_readings_by_measurement
     assert_eq!(patients, vec![first.patient, second]);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn mqtt_3_1_1_publishers_are_served_too() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    let db = TestDb::create().await;
+    let app = TestApp::spawn(settings(&db.url)).await;
+    let reg = register(&db.url, "scale").await;
+    let mut options = MqttOptions::new(
+        format!("v311-{}", uuid::Uuid::new_v4().simple()),
+        mqtt_host(),
+        mqtt_port(),
+    );
+    options.set_keep_alive(std::time::Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(e) => panic!("v3.1.1 connection failed: {e}"),
+            }
+        }
+    });
+    let reading = json!({ "type": "body_weight", "measured_at": now_rfc3339(-60),
+                          "value": 82.4, "unit": "kg" });
+    client
+        .publish(
+            app.readings_topic(reg.device),
+            QoS::AtLeastOnce,
+            false,
+            reading.to_string(),
+        )
+        .await
+        .expect("publish queued");
+    tokio::time::timeout(WAIT, poller)
+        .await
+        .expect("broker acknowledged")
+        .expect("poller");
+    let client = db.client().await;
+    wait_count(
+        &client,
+        "SELECT count(*) FROM readings WHERE type = 'body_weight'",
+        1,
+    )
+    .await;
+    app.stop().await;
+}

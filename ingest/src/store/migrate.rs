@@ -25,6 +25,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "readings",
         sql: include_str!("../../migrations/0002_readings.sql"),
     },
+    Migration {
+        version: 3,
+        name: "alerts",
+        sql: include_str!("../../migrations/0003_alerts.sql"),
+    },
 ];
 
 const LOCK_KEY: i64 = 0x5649_4749_4c00_0001;

@@ -1,0 +1,4 @@
+//! Vigil alerts: the clinical rule pack, and (in later modules) the alert lifecycle and
+//! delivery to clinicians.
+
+pub mod rules;

@@ -199,6 +199,14 @@ VIGIL_DB_URL_CHOSEN=
 
 pg_connects() { PGCONNECT_TIMEOUT=5 psql -X -w -q -d "$1" -c 'SELECT 1' >/dev/null 2>&1; }
 
+# True when the role in URL $1 logs in and has what Vigil needs: CREATEDB and
+# pg_read_all_settings.
+vigil_role_ready() {
+  local ok
+  ok=$(PGCONNECT_TIMEOUT=5 psql -X -w -q -At -d "$1" -c "SELECT rolcreatedb AND pg_has_role(current_user, 'pg_read_all_settings', 'USAGE') FROM pg_roles WHERE rolname = current_user" 2>/dev/null) || return 1
+  [ "$ok" = t ]
+}
+
 ensure_db_credentials() {
   if [ -n "${VIGIL_DATABASE__URL:-}" ]; then
     : # the user's choice, used as is
@@ -220,21 +228,26 @@ ensure_db_credentials() {
     password=$(tr -d '[:space:]' <"$pwfile")
     [[ $password =~ ^[A-Za-z0-9]+$ ]] || fail "$pwfile must hold letters and digits only; delete it to generate a new password."
     local url="postgres://vigil:$password@$VIGIL_PG_HOST:$VIGIL_PG_PORT/postgres"
-    if ! pg_connects "$url"; then
+    if ! vigil_role_ready "$url"; then
       is_root ||
-        fail "cannot connect to PostgreSQL on $VIGIL_PG_HOST:$VIGIL_PG_PORT as postgres (no password) or as vigil, and creating role vigil needs root. Set VIGIL_DATABASE__URL to a role that may create databases, or run this as root."
-      info "database: creating or updating role vigil (LOGIN CREATEDB)"
+        fail "cannot connect to PostgreSQL on $VIGIL_PG_HOST:$VIGIL_PG_PORT as postgres (no password), nor as vigil with the privileges it needs, and setting up role vigil needs root. Set VIGIL_DATABASE__URL to a role that may create databases, or run this as root."
+      info "database: creating or updating role vigil (LOGIN CREATEDB, member of pg_read_all_settings)"
       # Over the local socket as the postgres superuser (peer authentication). The
-      # password goes through stdin, not the command line.
-      (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$VIGIL_PG_PORT" -d postgres) >/dev/null <<SQL ||
+      # password goes through stdin, not the command line. pg_read_all_settings: the
+      # migrations read shared_preload_libraries to tell whether TimescaleDB is loaded,
+      # which PostgreSQL shows only to superusers and members of that role.
+      (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$VIGIL_PG_PORT" -d postgres) >/dev/null 2>"$VIGIL_STATE_DIR/role.err" <<SQL || {
 \\set password '$password'
 SELECT format('CREATE ROLE vigil LOGIN CREATEDB PASSWORD %L', :'password')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vigil')
 \\gexec
 ALTER ROLE vigil WITH LOGIN CREATEDB PASSWORD :'password';
+GRANT pg_read_all_settings TO vigil;
 SQL
-        fail "could not create role vigil as the postgres superuser over the local socket (/var/run/postgresql, port $VIGIL_PG_PORT)."
-      pg_connects "$url" ||
+        cat "$VIGIL_STATE_DIR/role.err" >&2
+        fail "could not set up role vigil as the postgres superuser over the local socket (/var/run/postgresql, port $VIGIL_PG_PORT)."
+      }
+      vigil_role_ready "$url" ||
         fail "role vigil exists but cannot log in on $VIGIL_PG_HOST:$VIGIL_PG_PORT with its password; check pg_hba.conf allows password (scram-sha-256 or md5) logins from 127.0.0.1."
     fi
     export VIGIL_DATABASE__URL="postgres://vigil:$password@$VIGIL_PG_HOST:$VIGIL_PG_PORT/vigil"

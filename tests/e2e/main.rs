@@ -8,6 +8,7 @@
 mod child;
 mod harness;
 
+mod alert_rules;
 mod bad_input;
 mod crash;
 mod database_outage;

@@ -30,6 +30,11 @@ impl StoreError {
                 if e.is_closed() {
                     return true;
                 }
+                // Two instances opening the same patient's alert at once: on retry the
+                // alert exists and is updated instead.
+                if e.as_db_error().and_then(|d| d.constraint()) == Some("alerts_one_active") {
+                    return true;
+                }
                 match e.code() {
                     Some(code) => {
                         let c = code.code();

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use vigil_alerts::{record::Inserted, rules::Observation};
+
 use super::{Pool, StoreError};
 use crate::{
     config::{BatchSettings, QuarantineSettings},
@@ -376,6 +378,30 @@ impl Writer {
                 .map(|row| (row.get(0), row.get(1)))
                 .collect()
         };
+        let stored: Vec<Inserted> = rows
+            .readings
+            .iter()
+            .zip(&rows.patient_id)
+            .filter(|(r, _)| inserted.contains(&(r.key, r.measured_at)))
+            .map(|(r, patient)| Inserted {
+                key: r.key,
+                patient_id: *patient,
+                measured_at: r.measured_at,
+                late: r.late,
+                observation: Observation {
+                    kind: r.kind.to_string(),
+                    measured_at: Some(r.measured_at),
+                    value: r.value,
+                    original_value: r.original_value,
+                    original_unit: r.original_unit.clone(),
+                    systolic: r.systolic,
+                    diastolic: r.diastolic,
+                    range: r.range.map(str::to_string),
+                    flags: r.flags.clone(),
+                },
+            })
+            .collect();
+        vigil_alerts::record::apply(&*tx, &stored).await?;
         if !plan.quarantine.is_empty() {
             let q = QuarantineRows::new(&plan.quarantine, self.quarantine.max_payload_bytes);
             let insert = tx.prepare_cached(INSERT_QUARANTINE).await?;
@@ -423,6 +449,7 @@ SELECT * FROM unnest($1::timestamptz[], $2::text[], $3::uuid[], $4::text[], $5::
 /// Column arrays for one `unnest` insert.
 #[derive(Default)]
 struct ReadingRows<'a> {
+    readings: Vec<&'a Reading>,
     key: Vec<Uuid>,
     measured_at: Vec<OffsetDateTime>,
     patient_id: Vec<Uuid>,
@@ -450,6 +477,7 @@ struct ReadingRows<'a> {
 
 impl<'a> ReadingRows<'a> {
     fn push(&mut self, r: &'a Reading, patient: Uuid, fingerprint: Uuid) {
+        self.readings.push(r);
         self.key.push(r.key);
         self.measured_at.push(r.measured_at);
         self.patient_id.push(patient);

@@ -23,6 +23,7 @@ pub struct Settings {
     pub quarantine: QuarantineSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
+    pub alerts: vigil_alerts::config::AlertSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -368,6 +369,17 @@ impl Settings {
             return Err(invalid(
                 "storage.partitions_ahead_months",
                 "must be at least 1",
+            ));
+        }
+        if self.alerts.delivery_max_attempts < 1 {
+            return Err(invalid("alerts.delivery_max_attempts", "must be at least 1"));
+        }
+        if self.alerts.mqtt_client_id.trim().is_empty()
+            || self.alerts.mqtt_client_id == self.mqtt.client_id
+        {
+            return Err(invalid(
+                "alerts.mqtt_client_id",
+                "must be non-empty and differ from mqtt.client_id",
             ));
         }
         if self.quarantine.max_payload_bytes < 256 {

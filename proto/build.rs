@@ -1,7 +1,7 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/vigil/v1/ingest.proto"];
+    let protos = ["proto/vigil/v1/ingest.proto", "proto/vigil/v1/alerts.proto"];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

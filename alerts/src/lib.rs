@@ -1,7 +1,12 @@
-//! Vigil alerts: the clinical rule pack, and (in later modules) the alert lifecycle and
-//! delivery to clinicians.
+//! Vigil alerts: the clinical rule pack, the alert lifecycle (per-reading rules inside the
+//! ingest transaction, windowed rules and escalation in the worker), clinician access over
+//! gRPC, and delivery to clinicians.
 
+pub mod clinicians;
 pub mod config;
+pub mod events;
+pub mod grpc;
 pub mod record;
 pub mod rules;
 pub mod store;
+pub mod worker;

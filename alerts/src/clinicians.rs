@@ -1,0 +1,70 @@
+//! Clinicians and their tokens (`vgc_` + 32 random bytes, URL-safe base64; only the
+//! SHA-256 is stored, the token is shown once).
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+const PREFIX: &str = "vgc_";
+
+pub struct NewClinician {
+    pub id: Uuid,
+    pub token: String,
+}
+
+pub struct Clinician {
+    pub id: Uuid,
+    pub teams: Vec<Uuid>,
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Registers a clinician in the given teams.
+pub async fn add(
+    db: &impl GenericClient,
+    name: &str,
+    teams: &[Uuid],
+) -> Result<NewClinician, tokio_postgres::Error> {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let id = Uuid::new_v4();
+    db.execute(
+        "INSERT INTO clinicians (id, name, token_hash) VALUES ($1, $2, $3)",
+        &[&id, &name, &hash(&token)],
+    )
+    .await?;
+    db.execute(
+        "INSERT INTO clinician_teams (clinician_id, team_id) SELECT $1, unnest($2::uuid[])",
+        &[&id, &teams],
+    )
+    .await?;
+    Ok(NewClinician { id, token })
+}
+
+/// The clinician a token belongs to, with their teams; `None` for unknown or revoked tokens.
+pub async fn authenticate(
+    db: &impl GenericClient,
+    token: &str,
+) -> Result<Option<Clinician>, tokio_postgres::Error> {
+    if !token.starts_with(PREFIX) {
+        return Ok(None);
+    }
+    let row = db
+        .query_opt(
+            "SELECT c.id, coalesce(array_agg(t.team_id) FILTER (WHERE t.team_id IS NOT NULL), '{}')
+             FROM clinicians c LEFT JOIN clinician_teams t ON t.clinician_id = c.id
+             WHERE c.token_hash = $1 AND c.revoked_at IS NULL
+             GROUP BY c.id",
+            &[&hash(token)],
+        )
+        .await?;
+    Ok(row.map(|r| Clinician {
+        id: r.get(0),
+        teams: r.get(1),
+    }))
+}

@@ -366,8 +366,11 @@ ensure_broker() {
       [ "$port" -le 1899 ] ||
         fail "ports 1883 to 1899 on 127.0.0.1 are all taken by other programs; set VIGIL_BROKER_PORT to a free port."
     done
-    [ "$port" = 1883 ] ||
-      info "broker: 127.0.0.1:1883 is taken by another program (left alone); the project's broker uses $port"
+    if [ "$port" = 1884 ]; then
+      info "broker: 127.0.0.1:1883 is taken by another program (left alone); the project's broker uses 1884"
+    elif [ "$port" != 1883 ]; then
+      info "broker: 127.0.0.1:1883 to $((port - 1)) are taken by other programs (left alone); the project's broker uses $port"
+    fi
   fi
 
   if [ -n "$pid" ]; then

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
+use vigil_alerts::{admin as alert_admin, clinicians};
 use vigil_ingest::{
     Settings,
     domain::nhs::NhsNumber,
@@ -30,6 +31,16 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: DeviceCommand,
     },
+    /// Clinicians and their care teams.
+    Clinician {
+        #[command(subcommand)]
+        command: ClinicianCommand,
+    },
+    /// Team webhooks that receive alert changes.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
+    },
     /// Refused readings and messages.
     Quarantine {
         #[command(subcommand)]
@@ -43,6 +54,44 @@ pub enum TeamCommand {
     Add {
         #[arg(long)]
         name: String,
+    },
+    /// Set the team's alert thresholds (a JSON object of the settings to change; see
+    /// docs/alerts.md). Replaces the team's previous settings.
+    Thresholds {
+        /// Care team id or name.
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        set: String,
+        /// Who decided it (recorded with the settings).
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClinicianCommand {
+    /// Register a clinician in one or more care teams. Prints their token once.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Care team id or name; repeat for several teams.
+        #[arg(long = "team", required = true)]
+        teams: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Send a team's alert changes to a URL (HMAC-SHA256 signed). Prints the secret once.
+    Add {
+        /// Care team id or name.
+        #[arg(long)]
+        team: String,
+        #[arg(long)]
+        url: String,
     },
 }
 
@@ -152,6 +201,57 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
         } => {
             let id = admin::add_team(&client, &name).await?;
             Output::new(json!({ "team_id": id, "name": name }), format!("team {id}"))
+        }
+        AdminCommand::Team {
+            command:
+                TeamCommand::Thresholds {
+                    team,
+                    set,
+                    by,
+                    reason,
+                },
+        } => {
+            let team_id = admin::find_team(&client, &team).await?;
+            let value: serde_json::Value =
+                serde_json::from_str(&set).context("--set must be a JSON object")?;
+            let resolved =
+                alert_admin::set_team_thresholds(&**client, team_id, &value, &by, &reason).await?;
+            Output::new(
+                json!({ "team_id": team_id, "thresholds": resolved }),
+                format!("team {team_id} thresholds set"),
+            )
+        }
+        AdminCommand::Clinician {
+            command: ClinicianCommand::Add { name, teams },
+        } => {
+            let mut ids = Vec::new();
+            for team in &teams {
+                ids.push(admin::find_team(&client, team).await?);
+            }
+            let tx = client.transaction().await?;
+            let clinician = clinicians::add(&*tx, &name, &ids).await?;
+            alert_admin::audit_clinician_added(&*tx, clinician.id, &ids).await?;
+            tx.commit().await?;
+            Output::new(
+                json!({ "clinician_id": clinician.id, "token": clinician.token, "teams": ids }),
+                format!(
+                    "clinician {}\ntoken     {}\n(the token is shown only now)",
+                    clinician.id, clinician.token
+                ),
+            )
+        }
+        AdminCommand::Webhook {
+            command: WebhookCommand::Add { team, url },
+        } => {
+            let team_id = admin::find_team(&client, &team).await?;
+            let hook = alert_admin::add_webhook(&**client, team_id, &url).await?;
+            Output::new(
+                json!({ "webhook_id": hook.id, "team_id": team_id, "secret": hook.secret }),
+                format!(
+                    "webhook {}\nsecret  {}\n(the signing secret is shown only now)",
+                    hook.id, hook.secret
+                ),
+            )
         }
         AdminCommand::Patient {
             command:

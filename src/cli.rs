@@ -30,6 +30,8 @@ enum Command {
     Migrate,
     /// Run the ingest service: MQTT subscriber, gRPC server, HTTP health and metrics.
     Ingest,
+    /// Run the alert worker: clinician gRPC API, windowed rules, escalation, deliveries.
+    Alerts,
     /// Registry and quarantine administration.
     Admin {
         /// Print machine-readable JSON.
@@ -53,6 +55,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal(shutdown.clone()));
             app.run_until_stopped(shutdown).await
+        }
+        Command::Alerts => {
+            telemetry::init(&settings.log);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            crate::alerts_app::run(settings, shutdown).await
         }
         Command::Admin { json, command } => admin::run(&settings, command, json).await,
     }

@@ -1,6 +1,7 @@
 //! `vigil`: one binary for every Vigil component. See `vigil --help`.
 
 mod admin;
+mod alerts_app;
 mod cli;
 
 use std::process::ExitCode;

@@ -2,8 +2,10 @@
 //! ingest transaction, windowed rules and escalation in the worker), clinician access over
 //! gRPC, and delivery to clinicians.
 
+pub mod admin;
 pub mod clinicians;
 pub mod config;
+pub mod deliver;
 pub mod events;
 pub mod grpc;
 pub mod record;

@@ -372,7 +372,10 @@ impl Settings {
             ));
         }
         if self.alerts.delivery_max_attempts < 1 {
-            return Err(invalid("alerts.delivery_max_attempts", "must be at least 1"));
+            return Err(invalid(
+                "alerts.delivery_max_attempts",
+                "must be at least 1",
+            ));
         }
         if self.alerts.mqtt_client_id.trim().is_empty()
             || self.alerts.mqtt_client_id == self.mqtt.client_id

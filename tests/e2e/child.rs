@@ -1,4 +1,5 @@
-//! The real `vigil ingest` binary in a child process, for crash and signal tests.
+//! The real `vigil` binary in a child process (`ingest` or `alerts`), for crash and
+//! signal tests and for the alert worker.
 
 use std::net::SocketAddr;
 
@@ -9,6 +10,8 @@ use crate::harness::{WAIT, eventually, http_get, metric};
 pub struct ChildService {
     child: tokio::process::Child,
     pub http_addr: SocketAddr,
+    /// The alert API, for `vigil alerts`.
+    pub grpc_addr: SocketAddr,
 }
 
 pub fn free_port() -> u16 {
@@ -21,11 +24,23 @@ pub fn free_port() -> u16 {
 impl ChildService {
     /// Starts `vigil ingest` with `settings` passed as `VIGIL_*` variables plus `extra`.
     pub async fn start(settings: &Settings, extra: &[(&str, String)]) -> Self {
+        Self::run("ingest", settings, extra).await
+    }
+
+    /// Starts `vigil alerts` against the same database and broker as `settings`.
+    pub async fn alerts(settings: &Settings, extra: &[(&str, String)]) -> Self {
+        Self::run("alerts", settings, extra).await
+    }
+
+    async fn run(subcommand: &str, settings: &Settings, extra: &[(&str, String)]) -> Self {
         let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_vigil"));
         command
-            .arg("ingest")
+            .arg(subcommand)
+            .env("VIGIL_ALERTS__GRPC_LISTEN", grpc_addr.to_string())
+            .env("VIGIL_ALERTS__HTTP_LISTEN", http_addr.to_string())
+            .env("VIGIL_ALERTS__MQTT_CLIENT_ID", format!("{}-alerts", settings.mqtt.client_id))
             .env("VIGIL_DATABASE__URL", &settings.database.url)
             .env("VIGIL_MQTT__HOST", &settings.mqtt.host)
             .env("VIGIL_MQTT__PORT", settings.mqtt.port.to_string())
@@ -40,7 +55,11 @@ impl ChildService {
             command.env(key, value);
         }
         let child = command.spawn().expect("vigil binary starts");
-        let service = Self { child, http_addr };
+        let service = Self {
+            child,
+            http_addr,
+            grpc_addr,
+        };
         eventually("child service ready", || async move {
             http_get(http_addr, "/readyz").await.map(|(c, _)| c) == Some(200)
         })

@@ -8,6 +8,8 @@
 mod child;
 mod harness;
 
+mod alert_api;
+mod alert_delivery;
 mod alert_rules;
 mod bad_input;
 mod crash;

@@ -59,7 +59,7 @@ pub async fn evaluate_patient(
     let tx = db.transaction().await?;
     let locked: bool = tx
         .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended('vigil-windowed-' || $1::text, 0))",
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('vigil-windowed-' || $1::uuid::text, 0))",
             &[&patient],
         )
         .await?

@@ -2,19 +2,42 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{
+    Server,
+    server::{Router, TcpIncoming},
+};
 use tonic_health::ServingStatus;
 use vigil_proto::v1::ingest_service_server::IngestServiceServer;
 
 use super::service::Ingest;
 use crate::health::Health;
 
-/// Serves on an already-bound listener until `token` is cancelled, then waits for calls in
-/// progress to finish.
+/// Serves the ingest API on an already-bound listener until `token` is cancelled.
 pub async fn serve(
     listener: TcpListener,
     ingest: Ingest,
     max_message_bytes: usize,
+    health: Health,
+    token: CancellationToken,
+) -> anyhow::Result<()> {
+    let ingest = IngestServiceServer::new(ingest).max_decoding_message_size(max_message_bytes);
+    serve_services(
+        listener,
+        |router| router.add_service(ingest),
+        "vigil.v1.IngestService",
+        health,
+        token,
+    )
+    .await
+}
+
+/// Serves `add`'s services beside grpc.health.v1 (mirroring `health` for `""` and
+/// `service_name`) and server reflection, until `token` is cancelled; calls in progress
+/// finish first.
+pub async fn serve_services(
+    listener: TcpListener,
+    add: impl FnOnce(Router) -> Router,
+    service_name: &'static str,
     health: Health,
     token: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -23,7 +46,6 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(vigil_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let ingest = IngestServiceServer::new(ingest).max_decoding_message_size(max_message_bytes);
 
     // The overall status starts as SERVING; mirror readiness instead.
     let mirror_token = token.clone();
@@ -36,9 +58,7 @@ pub async fn serve(
                 ServingStatus::NotServing
             };
             reporter.set_service_status("", status).await;
-            reporter
-                .set_service_status("vigil.v1.IngestService", status)
-                .await;
+            reporter.set_service_status(service_name, status).await;
             tokio::select! {
                 _ = mirror_token.cancelled() => {
                     reporter.set_service_status("", ServingStatus::NotServing).await;
@@ -49,10 +69,10 @@ pub async fn serve(
         }
     });
 
-    Server::builder()
+    let router = Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
-        .add_service(ingest)
+        .add_service(reflection);
+    add(router)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), token.cancelled_owned())
         .await?;
     Ok(())

@@ -1,5 +1,6 @@
 //! Storage policies: TimescaleDB compression and retention jobs, or, on plain PostgreSQL,
-//! monthly partitions created ahead and dropped past retention by the ingest service.
+//! monthly partitions created ahead and dropped past retention, and the dashboard rollups
+//! refreshed, by the ingest service.
 
 use std::time::Duration;
 
@@ -86,7 +87,19 @@ pub async fn maintain_partitions(
     Ok(dropped)
 }
 
-/// Hourly partition upkeep until cancelled.
+/// Brings the plain-PostgreSQL dashboard rollups up to the current hour (migration 4);
+/// TimescaleDB refreshes its continuous aggregates with its own jobs.
+pub async fn refresh_rollups(client: &Client) -> Result<(), StoreError> {
+    if engine(client).await? != "partitioned" {
+        return Ok(());
+    }
+    // A procedure that commits as it goes: it must be a statement of its own, outside any
+    // transaction block.
+    client.batch_execute("CALL vigil_refresh_rollups()").await?;
+    Ok(())
+}
+
+/// Hourly partition upkeep and rollup refresh until cancelled.
 pub async fn run(pool: Pool, settings: StorageSettings, token: CancellationToken) {
     let mut tick = tokio::time::interval(INTERVAL);
     loop {
@@ -96,7 +109,10 @@ pub async fn run(pool: Pool, settings: StorageSettings, token: CancellationToken
         }
         let result = async {
             let client = pool.get().await?;
-            maintain_partitions(&client, &settings, OffsetDateTime::now_utc()).await
+            let dropped =
+                maintain_partitions(&client, &settings, OffsetDateTime::now_utc()).await?;
+            refresh_rollups(&client).await?;
+            Ok::<_, StoreError>(dropped)
         }
         .await;
         match result {
@@ -105,7 +121,7 @@ pub async fn run(pool: Pool, settings: StorageSettings, token: CancellationToken
                 info!(?dropped, "dropped partitions past retention");
             }
             Ok(_) => {}
-            Err(e) => warn!(error = %e, "partition maintenance failed; will retry"),
+            Err(e) => warn!(error = %e, "storage maintenance failed; will retry"),
         }
     }
 }

@@ -30,6 +30,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alerts",
         sql: include_str!("../../migrations/0003_alerts.sql"),
     },
+    Migration {
+        version: 4,
+        name: "rollups",
+        sql: include_str!("../../migrations/0004_rollups.sql"),
+    },
 ];
 
 const LOCK_KEY: i64 = 0x5649_4749_4c00_0001;

@@ -1,0 +1,79 @@
+//! Administration behind `vigil admin clinician|webhook|team thresholds`; each action is
+//! audited.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rand::RngCore;
+use serde_json::{Value, json};
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::rules::Thresholds;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("database: {0}")]
+    Db(#[from] tokio_postgres::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+async fn audit(db: &impl GenericClient, action: &str, detail: Value) -> Result<(), AdminError> {
+    db.execute(
+        "INSERT INTO audit_log (actor_kind, action, detail) VALUES ('admin', $1, $2)",
+        &[&action, &detail],
+    )
+    .await?;
+    Ok(())
+}
+
+pub struct NewWebhook {
+    pub id: Uuid,
+    pub secret: String,
+}
+
+/// Registers a team webhook; the signing secret is returned only here.
+pub async fn add_webhook(db: &impl GenericClient, team: Uuid, url: &str) -> Result<NewWebhook, AdminError> {
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(AdminError::Invalid(format!("webhook URL {url:?} must start with https:// or http://")));
+    }
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret = format!("whsec_{}", URL_SAFE_NO_PAD.encode(bytes));
+    let id = Uuid::new_v4();
+    db.execute(
+        "INSERT INTO webhooks (id, team_id, url, secret) VALUES ($1, $2, $3, $4)",
+        &[&id, &team, &url, &secret],
+    )
+    .await?;
+    audit(db, "add_webhook", json!({ "webhook_id": id, "team_id": team, "url": url })).await?;
+    Ok(NewWebhook { id, secret })
+}
+
+/// Replaces a team's threshold settings (an object of the keys to change).
+pub async fn set_team_thresholds(
+    db: &impl GenericClient,
+    team: Uuid,
+    thresholds: &Value,
+    set_by: &str,
+    reason: &str,
+) -> Result<Thresholds, AdminError> {
+    let resolved = Thresholds::resolve([thresholds]).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    if reason.trim().is_empty() {
+        return Err(AdminError::Invalid("a reason is required".into()));
+    }
+    db.execute(
+        "INSERT INTO team_alert_settings (team_id, thresholds, set_by, set_at, reason)
+         VALUES ($1, $2, $3, now(), $4)
+         ON CONFLICT (team_id) DO UPDATE SET thresholds = EXCLUDED.thresholds,
+             set_by = EXCLUDED.set_by, set_at = EXCLUDED.set_at, reason = EXCLUDED.reason",
+        &[&team, thresholds, &set_by, &reason],
+    )
+    .await?;
+    audit(db, "set_team_thresholds", json!({ "team_id": team, "thresholds": thresholds, "set_by": set_by, "reason": reason })).await?;
+    Ok(resolved)
+}
+
+/// Audits the creation of a clinician (the token itself is never recorded).
+pub async fn audit_clinician_added(db: &impl GenericClient, clinician: Uuid, teams: &[Uuid]) -> Result<(), AdminError> {
+    audit(db, "add_clinician", json!({ "clinician_id": clinician, "teams": teams })).await
+}

@@ -43,7 +43,11 @@ pub enum VarValue {
 
 /// The `$__interval` of a panel: `@grafana/data` `rangeutil.calculateInterval` with the
 /// panel's max data points and its minimum interval (else the data source's `timeInterval`).
-pub fn panel_interval(range: &TimeRange, max_data_points: i64, min_interval: &str) -> (String, i64) {
+pub fn panel_interval(
+    range: &TimeRange,
+    max_data_points: i64,
+    min_interval: &str,
+) -> (String, i64) {
     let low_limit_ms = interval_to_ms(min_interval);
     let mut ms = round_interval(range.span_ms() / max_data_points);
     if low_limit_ms > ms {
@@ -128,10 +132,8 @@ fn interval_to_ms(text: &str) -> i64 {
 
 /// The template-variable syntax of Grafana scenes (`constants.ts`).
 pub static VARIABLE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(
-        r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^\}]+))?(?::([^\}]+))?\}",
-    )
-    .expect("regex")
+    Regex::new(r"\$(\w+)|\[\[(\w+?)(?::(\w+))?\]\]|\$\{(\w+)(?:\.([^:^\}]+))?(?::([^\}]+))?\}")
+        .expect("regex")
 });
 
 /// Stage 1, the browser: template variables and the interval/range built-ins. Names it
@@ -208,7 +210,10 @@ pub fn interpolate_backend(
             "$__interval",
             &format_interval(Duration::from_millis(interval_ms.unsigned_abs())),
         )
-        .replace("$__unixEpochFrom()", &range.from.unix_timestamp().to_string())
+        .replace(
+            "$__unixEpochFrom()",
+            &range.from.unix_timestamp().to_string(),
+        )
         .replace("$__unixEpochTo()", &range.to.unix_timestamp().to_string());
     let mut error = None;
     let out = MACRO.replace_all(&sql, |c: &Captures<'_>| {
@@ -381,14 +386,23 @@ fn parse_interval(text: &str) -> Result<Duration, ()> {
             unit => {
                 let now = OffsetDateTime::now_utc();
                 let months = if unit == "M" { n } else { n * 12 };
-                let total = i64::from(u8::from(now.month())) - 1 + i64::try_from(months).map_err(|_| ())?;
+                let total =
+                    i64::from(u8::from(now.month())) - 1 + i64::try_from(months).map_err(|_| ())?;
                 let month = Month::try_from(u8::try_from(total % 12 + 1).map_err(|_| ())?)
                     .map_err(|_| ())?;
                 let year = now.year() + i32::try_from(total / 12).map_err(|_| ())?;
-                let later = now.replace_day(1).map_err(|_| ())?.replace_year(year).map_err(|_| ())?.replace_month(month).map_err(|_| ())?;
+                let later = now
+                    .replace_day(1)
+                    .map_err(|_| ())?
+                    .replace_year(year)
+                    .map_err(|_| ())?
+                    .replace_month(month)
+                    .map_err(|_| ())?;
                 // Go's AddDate normalises an overflowing day into the next month.
                 let later = later + time::Duration::days(i64::from(now.day()) - 1);
-                return Ok(Duration::from_secs((later - now).whole_seconds().unsigned_abs()));
+                return Ok(Duration::from_secs(
+                    (later - now).whole_seconds().unsigned_abs(),
+                ));
             }
         };
         return Ok(Duration::from_secs(days * 86_400));
@@ -465,7 +479,10 @@ mod tests {
     #[test]
     fn macros_match_grafanas_golden_vectors() {
         let cases = [
-            ("select $__time(time_column)", "select time_column AS \"time\""),
+            (
+                "select $__time(time_column)",
+                "select time_column AS \"time\"",
+            ),
             (
                 "WHERE $__timeFilter(time_column)",
                 "WHERE time_column BETWEEN '2018-04-12T18:00:00Z' AND '2018-04-12T18:05:00Z'",
@@ -519,7 +536,10 @@ mod tests {
     fn a_repeated_time_group_is_aliased_in_group_by_too() {
         // The quirk that makes `$__timeGroupAlias` + `GROUP BY 1` the safe form.
         let sql = "SELECT $__timeGroup(ts,'1h'), avg(v) FROM t GROUP BY $__timeGroup(ts,'1h')";
-        assert!(backend(sql, false).ends_with("GROUP BY floor(extract(epoch from ts)/3600)*3600 AS \"time\""));
+        assert!(
+            backend(sql, false)
+                .ends_with("GROUP BY floor(extract(epoch from ts)/3600)*3600 AS \"time\"")
+        );
     }
 
     #[test]
@@ -527,10 +547,11 @@ mod tests {
         let r = golden_range();
         let err = interpolate_backend("SELECT $__nope(x)", &r, 0, false).expect_err("unknown");
         assert!(err.contains("unknown macro \"__nope\""), "{err}");
-        let err = interpolate_backend("SELECT $__timeGroup(x, '5q')", &r, 0, false).expect_err("bad");
-        assert!(err.contains("error parsing interval"), "{err}");
         let err =
-            interpolate_backend("SELECT $__timeGroup(x, '5m', null)", &r, 0, false).expect_err("fill");
+            interpolate_backend("SELECT $__timeGroup(x, '5q')", &r, 0, false).expect_err("bad");
+        assert!(err.contains("error parsing interval"), "{err}");
+        let err = interpolate_backend("SELECT $__timeGroup(x, '5m', null)", &r, 0, false)
+            .expect_err("fill");
         assert!(err.contains("error parsing fill value null"), "{err}");
     }
 
@@ -580,14 +601,21 @@ mod tests {
             ("30d".into(), 2_592_000_000)
         );
         assert_eq!(
-            panel_interval(&TimeRange::ending_at(to, Duration::from_secs(60)), 1000, "1ms"),
+            panel_interval(
+                &TimeRange::ending_at(to, Duration::from_secs(60)),
+                1000,
+                "1ms"
+            ),
             ("50ms".into(), 50)
         );
     }
 
     #[test]
     fn variables_take_their_explicit_format_and_unknown_names_survive() {
-        let range = TimeRange::ending_at(datetime!(2026-11-22 12:00:00 UTC), Duration::from_secs(3600));
+        let range = TimeRange::ending_at(
+            datetime!(2026-11-22 12:00:00 UTC),
+            Duration::from_secs(3600),
+        );
         let mut vars = HashMap::new();
         vars.insert("who".to_string(), VarValue::One("O'Brien".into()));
         vars.insert(

@@ -27,8 +27,7 @@ use crate::{
 
 #[test]
 fn shipped_files_pass_the_validator() {
-    let mut problems =
-        validate::provisioning(&model::datasource_files(), &model::provider_files());
+    let mut problems = validate::provisioning(&model::datasource_files(), &model::provider_files());
     problems.extend(validate::dashboards(
         &model::dashboards(),
         &model::datasource().uid,
@@ -51,7 +50,10 @@ fn assert_every_query_shows_data(outcomes: &[Outcome]) {
         .filter(|q| q.kind != QueryKind::Variable && !with_rows.contains(q.place.as_str()))
         .map(|q| q.place)
         .collect();
-    assert!(silent.is_empty(), "queries that never returned a row: {silent:#?}");
+    assert!(
+        silent.is_empty(),
+        "queries that never returned a row: {silent:#?}"
+    );
 }
 
 fn report_slowest(server: &str, outcomes: &[Outcome]) {
@@ -133,7 +135,10 @@ async fn benchmark_slowest_panel_at_90_days() {
         let mut outcomes = assert_ok(panels::run_all(&mut client, ninety, timescale).await);
         outcomes.sort_by_key(|o| std::cmp::Reverse(o.took));
         for o in outcomes.iter().take(5) {
-            eprintln!("  {:>9.1?}  {} [{}] {} rows", o.took, o.place, o.variables, o.rows);
+            eprintln!(
+                "  {:>9.1?}  {} [{}] {} rows",
+                o.took, o.place, o.variables, o.rows
+            );
         }
     }
 }

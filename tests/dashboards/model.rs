@@ -147,7 +147,11 @@ pub fn queries(dashboard: &Value) -> Vec<Query> {
             });
         }
     }
-    for a in dashboard["annotations"]["list"].as_array().into_iter().flatten() {
+    for a in dashboard["annotations"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if a["builtIn"].as_i64() == Some(1) {
             continue;
         }
@@ -161,7 +165,11 @@ pub fn queries(dashboard: &Value) -> Vec<Query> {
             max_data_points: None,
         });
     }
-    for v in dashboard["templating"]["list"].as_array().into_iter().flatten() {
+    for v in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         if v["type"] == "query" {
             out.push(Query {
                 place: format!("{uid} / variable {}", v["name"].as_str().unwrap_or("?")),

@@ -69,7 +69,9 @@ pub async fn run_all(
                     );
                     let at = format!("{} [{label}; {shown}]", q.place);
                     let sql = grafana::interpolate_frontend(&q.sql, vars, range, &interval)
-                        .and_then(|s| grafana::interpolate_backend(&s, range, interval.1, timescaledb));
+                        .and_then(|s| {
+                            grafana::interpolate_backend(&s, range, interval.1, timescaledb)
+                        });
                     let sql = match sql {
                         Ok(s) => s,
                         Err(e) => {
@@ -79,7 +81,10 @@ pub async fn run_all(
                     };
                     match db::run_as_grafana(client, &sql).await {
                         Ok((stmt, rows, took)) => {
-                            let options = panels_by_place.get(&q.place).cloned().unwrap_or(Value::Null);
+                            let options = panels_by_place
+                                .get(&q.place)
+                                .cloned()
+                                .unwrap_or(Value::Null);
                             if let Err(e) = check_shape(q, &options, &stmt, &rows) {
                                 failures.push(format!("{at}: {e}\n{sql}"));
                             }
@@ -143,7 +148,10 @@ async fn variable_values(
 ) -> Result<Vec<HashMap<String, VarValue>>, String> {
     let mut combos = vec![HashMap::new()];
     for v in d["templating"]["list"].as_array().into_iter().flatten() {
-        let name = v["name"].as_str().ok_or("variable without a name")?.to_string();
+        let name = v["name"]
+            .as_str()
+            .ok_or("variable without a name")?
+            .to_string();
         let multi = v["multi"].as_bool().unwrap_or(false);
         let mut next = Vec::new();
         for vars in combos {
@@ -157,15 +165,19 @@ async fn variable_values(
                     .collect(),
                 Some("query") => {
                     let sql = model::variable_sql(v).unwrap_or("");
-                    let sql = grafana::interpolate_frontend(sql, &vars, range, &("1m".into(), 60_000))
-                        .and_then(|s| grafana::interpolate_backend(&s, range, 60_000, false))?;
+                    let sql =
+                        grafana::interpolate_frontend(sql, &vars, range, &("1m".into(), 60_000))
+                            .and_then(|s| grafana::interpolate_backend(&s, range, 60_000, false))?;
                     let (_, rows, _) = db::run_as_grafana(client, &sql).await?;
                     rows.iter().map(|r| r.get::<_, String>("__value")).collect()
                 }
                 other => return Err(format!("variable type {other:?} is not emulated")),
             };
             let mut values: Vec<VarValue> = if multi {
-                options.iter().map(|o| VarValue::Many(vec![o.clone()])).collect()
+                options
+                    .iter()
+                    .map(|o| VarValue::Many(vec![o.clone()]))
+                    .collect()
             } else {
                 options.iter().map(|o| VarValue::One(o.clone())).collect()
             };
@@ -214,8 +226,15 @@ fn check_shape(q: &Query, panel: &Value, stmt: &Statement, rows: &[Row]) -> Resu
                 return Err(format!("time column has type {ty}"));
             }
             for c in stmt.columns() {
-                if c.name() != "time" && !NUMBERS.contains(c.type_()) && !STRINGS.contains(c.type_()) {
-                    return Err(format!("column {} has type {}: not a value or a label", c.name(), c.type_()));
+                if c.name() != "time"
+                    && !NUMBERS.contains(c.type_())
+                    && !STRINGS.contains(c.type_())
+                {
+                    return Err(format!(
+                        "column {} has type {}: not a value or a label",
+                        c.name(),
+                        c.type_()
+                    ));
                 }
             }
             ascending(rows, i, "time")

@@ -47,16 +47,27 @@ async fn rollups_follow_late_changed_and_deleted_readings_on(server: &str) {
     let now = OffsetDateTime::now_utc();
     seed::seed(&client, 7, now, 1).await;
     // Before any refresh the real-time part answers everything.
-    assert_eq!(rollup_mismatches(&client).await, 0, "before the first refresh");
+    assert_eq!(
+        rollup_mismatches(&client).await,
+        0,
+        "before the first refresh"
+    );
     db::refresh_rollups(&client).await;
-    assert_eq!(rollup_mismatches(&client).await, 0, "after the first refresh");
+    assert_eq!(
+        rollup_mismatches(&client).await,
+        0,
+        "after the first refresh"
+    );
     let materialized: Option<OffsetDateTime> = client
         .query_one("SELECT min(materialized_until) FROM rollup_status", &[])
         .await
         .expect("status")
         .get(0);
     let materialized = materialized.expect("materialised after a refresh");
-    assert!(now - materialized < Duration::hours(2), "{materialized} vs {now}");
+    assert!(
+        now - materialized < Duration::hours(2),
+        "{materialized} vs {now}"
+    );
 
     // A reading measured now is counted at once (real-time part).
     client
@@ -163,7 +174,15 @@ async fn plain_postgresql_logs_only_changes_below_the_materialised_range() {
 #[tokio::test]
 async fn glucose_bands_follow_the_consensus_in_each_unit() {
     let (_db, client) = TestDb::migrated(&db::plain_server()).await;
-    let cases: &[(Option<f64>, f64, &str, Option<&str>, &str)] = &[
+    // value, original value, original unit, LO/HI, expected band
+    type Case = (
+        Option<f64>,
+        f64,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+    );
+    let cases: &[Case] = &[
         (Some(2.9), 2.9, "mmol/L", None, "very_low"),
         (Some(3.0), 3.0, "mmol/L", None, "low"),
         (Some(3.8), 3.8, "mmol/L", None, "low"),
@@ -240,7 +259,9 @@ async fn grafana_role_reads_only_what_dashboards_show_on(server: &str) {
     }
     // Not just the read-only transaction: the role has no write privilege at all.
     let tx = client.transaction().await.expect("tx");
-    tx.batch_execute("SET LOCAL ROLE vigil_grafana").await.expect("role");
+    tx.batch_execute("SET LOCAL ROLE vigil_grafana")
+        .await
+        .expect("role");
     let err = tx
         .batch_execute("DELETE FROM readings")
         .await

@@ -8,6 +8,31 @@ use time::{Date, Duration, OffsetDateTime, Time};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+/// How one CGM user's glucose behaves and is sent.
+#[derive(Clone, Copy)]
+struct CgmProfile {
+    mean: f64,
+    /// Meal peak height, mmol/L.
+    swing: f64,
+    /// Sends mg/dL rather than mmol/L.
+    mg_dl: bool,
+    offset_minutes: i16,
+    /// Sensor off between these many days ago.
+    gap: Option<(i64, i64)>,
+}
+
+/// An alert as the alert worker would have left it.
+struct SeedAlert<'a> {
+    patient: Uuid,
+    team: Uuid,
+    rule: &'a str,
+    severity: &'a str,
+    state: &'a str,
+    title: &'a str,
+    ago: Duration,
+    resolved_after: Option<Duration>,
+}
+
 /// What the tests need to know about the seeded data.
 pub struct Seeded {
     pub readings: i64,
@@ -131,12 +156,19 @@ impl Generator {
                     let dia = self.normal(mean.1, 6.0).round().min(sys - 20.0);
                     let pulse = self.normal(70.0, 7.0).round();
                     let lag = Duration::seconds(self.rng.random_range(20..600));
-                    self.push(p, Reading {
-                        bp: Some((sys, dia, pulse)),
-                        lag,
-                        channel: "grpc",
-                        ..Reading::new(session + Duration::minutes(k), "blood_pressure", "mm[Hg]")
-                    });
+                    self.push(
+                        p,
+                        Reading {
+                            bp: Some((sys, dia, pulse)),
+                            lag,
+                            channel: "grpc",
+                            ..Reading::new(
+                                session + Duration::minutes(k),
+                                "blood_pressure",
+                                "mm[Hg]",
+                            )
+                        },
+                    );
                 }
             }
         }
@@ -155,7 +187,15 @@ impl Generator {
 
     /// A CGM every 5 minutes: a daily rhythm, meal peaks and sensor noise. Readings beyond
     /// the sensor's 2.2–22.2 mmol/L are LOW/HIGH results carrying the limit.
-    fn cgm(&mut self, p: &Patient, days: i64, mean: f64, swing: f64, mg_dl: bool, gap: Option<(i64, i64)>) {
+    fn cgm(
+        &mut self,
+        p: &Patient,
+        days: i64,
+        mean: f64,
+        swing: f64,
+        mg_dl: bool,
+        gap: Option<(i64, i64)>,
+    ) {
         let start = self.now - Duration::days(days);
         let mut drift = 0.0;
         let mut t = start;
@@ -171,16 +211,36 @@ impl Generator {
                 .iter()
                 .map(|m| {
                     let d = hour - m;
-                    if (0.0..3.0).contains(&d) { swing * (1.0 - d / 3.0) } else { 0.0 }
+                    if (0.0..3.0).contains(&d) {
+                        swing * (1.0 - d / 3.0)
+                    } else {
+                        0.0
+                    }
                 })
                 .sum();
             drift = 0.97 * drift + self.normal(0.0, 0.35);
             let dawn = 0.6 * ((hour - 5.0) / 24.0 * std::f64::consts::TAU).sin();
             let mmol = mean + meals + dawn + drift + self.normal(0.0, 0.2) - swing * 0.4;
             let (value, range, original) = if mmol < 2.2 {
-                (2.2, Some("low"), if mg_dl { (40.0, "mg/dL") } else { (2.2, "mmol/L") })
+                (
+                    2.2,
+                    Some("low"),
+                    if mg_dl {
+                        (40.0, "mg/dL")
+                    } else {
+                        (2.2, "mmol/L")
+                    },
+                )
             } else if mmol > 22.2 {
-                (22.2, Some("high"), if mg_dl { (400.0, "mg/dL") } else { (22.2, "mmol/L") })
+                (
+                    22.2,
+                    Some("high"),
+                    if mg_dl {
+                        (400.0, "mg/dL")
+                    } else {
+                        (22.2, "mmol/L")
+                    },
+                )
             } else if mg_dl {
                 let mg = (mmol * 18.0156).round();
                 (mg / 18.0156, None, (mg, "mg/dL"))
@@ -189,14 +249,17 @@ impl Generator {
                 (v, None, (v, "mmol/L"))
             };
             let lag = Duration::seconds(self.rng.random_range(5..90));
-            self.push(p, Reading {
-                value: Some(value),
-                original: Some(original),
-                range,
-                specimen: Some("interstitial"),
-                lag,
-                ..Reading::new(t, "blood_glucose", "mmol/L")
-            });
+            self.push(
+                p,
+                Reading {
+                    value: Some(value),
+                    original: Some(original),
+                    range,
+                    specimen: Some("interstitial"),
+                    lag,
+                    ..Reading::new(t, "blood_glucose", "mmol/L")
+                },
+            );
             t += Duration::minutes(5);
         }
     }
@@ -214,29 +277,43 @@ impl Generator {
                     (v, (v, "mmol/L"))
                 };
                 let lag = Duration::minutes(self.rng.random_range(1..30));
-                self.push(p, Reading {
-                    value: Some(value),
-                    original: Some(original),
-                    specimen: Some("capillary"),
-                    channel: "grpc",
-                    lag,
-                    ..Reading::new(at, "blood_glucose", "mmol/L")
-                });
+                self.push(
+                    p,
+                    Reading {
+                        value: Some(value),
+                        original: Some(original),
+                        specimen: Some("capillary"),
+                        channel: "grpc",
+                        lag,
+                        ..Reading::new(at, "blood_glucose", "mmol/L")
+                    },
+                );
             }
         }
     }
 
-    fn daily(&mut self, p: &Patient, days: std::ops::Range<i64>, every: i64, kind: &'static str, unit: &'static str, mean: f64, sd: f64) {
-        for day in days.step_by(usize::try_from(every).expect("step")) {
+    fn daily(
+        &mut self,
+        p: &Patient,
+        days: impl Iterator<Item = i64>,
+        kind: &'static str,
+        unit: &'static str,
+        mean: f64,
+        sd: f64,
+    ) {
+        for day in days {
             let at = self.local_time(p, day, 8, 0);
             let v = (self.normal(mean, sd) * 10.0).round() / 10.0;
             let lag = Duration::minutes(self.rng.random_range(1..120));
-            self.push(p, Reading {
-                value: Some(v.max(0.0)),
-                channel: "grpc",
-                lag,
-                ..Reading::new(at, kind, unit)
-            });
+            self.push(
+                p,
+                Reading {
+                    value: Some(v.max(0.0)),
+                    channel: "grpc",
+                    lag,
+                    ..Reading::new(at, kind, unit)
+                },
+            );
         }
     }
 
@@ -252,10 +329,25 @@ impl Generator {
                      $10::float8[], $11::float8[], $12::text[], $13::text[], $14::text[],
                      $15::int2[], $16::timestamptz[], $17::text[], $18::bool[], $19::uuid[])",
                 &[
-                    &b.key, &b.measured_at, &b.patient_id, &b.device_id, &b.kind, &b.value,
-                    &b.unit, &b.systolic, &b.diastolic, &b.pulse, &b.original_value,
-                    &b.original_unit, &b.range, &b.specimen, &b.utc_offset_minutes,
-                    &b.received_at, &b.channel, &b.late, &b.fingerprint,
+                    &b.key,
+                    &b.measured_at,
+                    &b.patient_id,
+                    &b.device_id,
+                    &b.kind,
+                    &b.value,
+                    &b.unit,
+                    &b.systolic,
+                    &b.diastolic,
+                    &b.pulse,
+                    &b.original_value,
+                    &b.original_unit,
+                    &b.range,
+                    &b.specimen,
+                    &b.utc_offset_minutes,
+                    &b.received_at,
+                    &b.channel,
+                    &b.late,
+                    &b.fingerprint,
                 ],
             )
             .await
@@ -267,7 +359,10 @@ impl Generator {
 async fn team(client: &Client, g: &mut Generator, name: &str) -> Uuid {
     let id = g.uuid();
     client
-        .execute("INSERT INTO care_teams (id, name) VALUES ($1, $2)", &[&id, &name])
+        .execute(
+            "INSERT INTO care_teams (id, name) VALUES ($1, $2)",
+            &[&id, &name],
+        )
         .await
         .expect("team");
     id
@@ -291,7 +386,11 @@ async fn patient(
         .await
         .expect("patient");
     let device = g.uuid();
-    Patient { id, device, offset_minutes }
+    Patient {
+        id,
+        device,
+        offset_minutes,
+    }
 }
 
 /// Seeds a database that has every migration applied. `seed` makes it reproducible; `now`
@@ -320,10 +419,10 @@ pub async fn seed(client: &Client, seed: u64, now: OffsetDateTime, cgm_patients:
     let clinic = team(client, &mut g, "Hypertension clinic").await;
     let controlled = patient(client, &mut g, clinic, Some("9434765919"), 1962, 0).await;
     g.blood_pressure(&controlled, 0..90, (127.0, 79.0));
-    g.daily(&controlled, 0..90, 1, "body_weight", "kg", 82.0, 0.4);
+    g.daily(&controlled, 0..90, "body_weight", "kg", 82.0, 0.4);
     let elderly_high = patient(client, &mut g, clinic, Some("9434765870"), 1940, 0).await;
     g.blood_pressure(&elderly_high, 0..90, (153.0, 88.0));
-    g.daily(&elderly_high, 0..90, 1, "heart_rate", "/min", 74.0, 6.0);
+    g.daily(&elderly_high, 0..90, "heart_rate", "/min", 74.0, 6.0);
     // Stopped measuring five days ago: the worklist's missing-data panel lists them.
     let stopped = patient(client, &mut g, clinic, None, 1970, 0).await;
     g.blood_pressure(&stopped, 5..60, (141.0, 91.0));
@@ -334,18 +433,57 @@ pub async fn seed(client: &Client, seed: u64, now: OffsetDateTime, cgm_patients:
     let diabetes = team(client, &mut g, "Diabetes team").await;
     team(client, &mut g, "New team").await;
     // CGM users, each with a different control and a different way of sending.
-    let profiles: [(f64, f64, bool, i16, Option<(i64, i64)>); 3] = [
-        (6.2, 3.0, false, 0, None),
-        (10.5, 5.5, true, 60, None),
-        (7.0, 4.0, false, 330, Some((22, 20))),
+    let profiles = [
+        CgmProfile {
+            mean: 6.2,
+            swing: 3.0,
+            mg_dl: false,
+            offset_minutes: 0,
+            gap: None,
+        },
+        CgmProfile {
+            mean: 10.5,
+            swing: 5.5,
+            mg_dl: true,
+            offset_minutes: 60,
+            gap: None,
+        },
+        CgmProfile {
+            mean: 7.0,
+            swing: 4.0,
+            mg_dl: false,
+            offset_minutes: 330,
+            gap: Some((22, 20)),
+        },
     ];
     for i in 0..cgm_patients {
-        let (mean, swing, mg_dl, offset, gap) = profiles[i % profiles.len()];
-        let p = patient(client, &mut g, diabetes, None, 1975 + i32::try_from(i % 30).expect("i"), offset).await;
+        let CgmProfile {
+            mean,
+            swing,
+            mg_dl,
+            offset_minutes: offset,
+            gap,
+        } = profiles[i % profiles.len()];
+        let p = patient(
+            client,
+            &mut g,
+            diabetes,
+            None,
+            1975 + i32::try_from(i % 30).expect("i"),
+            offset,
+        )
+        .await;
         g.cgm(&p, 90, mean, swing, mg_dl, gap);
         g.fingersticks(&p, 90, &[7, 21], mean + 1.0, mg_dl);
-        g.daily(&p, 0..90, 7, "blood_ketones", "mmol/L", if mg_dl { 1.2 } else { 0.3 }, 0.6);
-        g.daily(&p, 0..90, 3, "body_weight", "kg", 76.0, 0.5);
+        g.daily(
+            &p,
+            (0..90).step_by(7),
+            "blood_ketones",
+            "mmol/L",
+            if mg_dl { 1.2 } else { 0.3 },
+            0.6,
+        );
+        g.daily(&p, (0..90).step_by(3), "body_weight", "kg", 76.0, 0.5);
         if i % profiles.len() == 1 {
             g.blood_pressure(&p, 0..30, (138.0, 86.0));
         }
@@ -356,32 +494,41 @@ pub async fn seed(client: &Client, seed: u64, now: OffsetDateTime, cgm_patients:
     g.fingersticks(&meter, 90, &[7, 12, 18, 22], 8.5, true);
     for (days_ago, range, mg) in [(3, "low", 20.0), (40, "high", 600.0)] {
         let at = g.local_time(&meter, days_ago, 3, 0);
-        g.push(&meter, Reading {
-            range: Some(range),
-            original: Some((mg, "mg/dL")),
-            value: Some(mg / 18.0156),
-            specimen: Some("capillary"),
-            ..Reading::new(at, "blood_glucose", "mmol/L")
-        });
+        g.push(
+            &meter,
+            Reading {
+                range: Some(range),
+                original: Some((mg, "mg/dL")),
+                value: Some(mg / 18.0156),
+                specimen: Some("capillary"),
+                ..Reading::new(at, "blood_glucose", "mmol/L")
+            },
+        );
     }
     // A meter LO without the limit: no number at all.
     let at = g.local_time(&meter, 1, 4, 0);
-    g.push(&meter, Reading {
-        range: Some("low"),
-        original: Some((0.0, "mg/dL")),
-        specimen: Some("capillary"),
-        ..Reading::new(at, "blood_glucose", "mmol/L")
-    });
+    g.push(
+        &meter,
+        Reading {
+            range: Some("low"),
+            original: Some((0.0, "mg/dL")),
+            specimen: Some("capillary"),
+            ..Reading::new(at, "blood_glucose", "mmol/L")
+        },
+    );
     // A day of readings from two days ago that arrived yesterday: late backfill.
     for h in 0..24 {
         let at = now - Duration::days(2) - Duration::hours(h);
-        g.push(&meter, Reading {
-            value: Some(7.0),
-            original: Some((126.0, "mg/dL")),
-            specimen: Some("capillary"),
-            lag: Duration::hours(30),
-            ..Reading::new(at, "blood_glucose", "mmol/L")
-        });
+        g.push(
+            &meter,
+            Reading {
+                value: Some(7.0),
+                original: Some((126.0, "mg/dL")),
+                specimen: Some("capillary"),
+                lag: Duration::hours(30),
+                ..Reading::new(at, "blood_glucose", "mmol/L")
+            },
+        );
     }
     readings += g.flush(client).await;
 
@@ -412,7 +559,11 @@ async fn quarantine(client: &Client, g: &mut Generator) {
         let at = g.now - Duration::seconds(g.rng.random_range(0..90 * 86_400));
         let replayed = (reason == "unknown_device" && g.rng.random_bool(0.6))
             .then(|| (at + Duration::hours(g.rng.random_range(1..72))).min(g.now));
-        let channel = if g.rng.random_bool(0.7) { "mqtt" } else { "grpc" };
+        let channel = if g.rng.random_bool(0.7) {
+            "mqtt"
+        } else {
+            "grpc"
+        };
         let payload = br#"{"type":"blood_pressure"}"#.to_vec();
         client
             .execute(
@@ -420,7 +571,14 @@ async fn quarantine(client: &Client, g: &mut Generator) {
                      payload, payload_size, payload_truncated, replayed_at, replay_outcome)
                  VALUES ($1, $2, $3, 'seeded', 'message', $4, $5, false, $6,
                          CASE WHEN $6::timestamptz IS NULL THEN NULL ELSE 'accepted' END)",
-                &[&at, &channel, &reason, &payload, &i32::try_from(payload.len()).expect("len"), &replayed],
+                &[
+                    &at,
+                    &channel,
+                    &reason,
+                    &payload,
+                    &i32::try_from(payload.len()).expect("len"),
+                    &replayed,
+                ],
             )
             .await
             .expect("quarantine");
@@ -428,7 +586,13 @@ async fn quarantine(client: &Client, g: &mut Generator) {
 }
 
 /// Alerts as the alert worker would leave them, with their events and deliveries.
-async fn alerts(client: &Client, g: &mut Generator, clinic: Uuid, diabetes: Uuid, hypertensive: &Patient) {
+async fn alerts(
+    client: &Client,
+    g: &mut Generator,
+    clinic: Uuid,
+    diabetes: Uuid,
+    hypertensive: &Patient,
+) {
     let diabetic: Uuid = client
         .query_one(
             "SELECT id FROM patients WHERE team_id = $1 ORDER BY created_at, id LIMIT 1",
@@ -438,13 +602,59 @@ async fn alerts(client: &Client, g: &mut Generator, clinic: Uuid, diabetes: Uuid
         .expect("a diabetes patient")
         .get(0);
     let now = g.now;
-    let rows: [(Uuid, Uuid, &str, &str, &str, &str, Duration, Option<Duration>); 4] = [
-        (hypertensive.id, clinic, "bp_home_average", "amber", "open", "Home average above target", Duration::days(3), None),
-        (diabetic, diabetes, "glucose_very_low", "red", "acknowledged", "Glucose below 3.0 mmol/L", Duration::hours(2), None),
-        (diabetic, diabetes, "ketones_high", "amber", "resolved", "Blood ketones 1.6 mmol/L or more", Duration::days(20), Some(Duration::days(19))),
-        (diabetic, diabetes, "cgm_no_data", "low", "open", "No CGM data for 30 minutes", Duration::minutes(40), None),
+    let rows = [
+        SeedAlert {
+            patient: hypertensive.id,
+            team: clinic,
+            rule: "bp_home_average",
+            severity: "amber",
+            state: "open",
+            title: "Home average above target",
+            ago: Duration::days(3),
+            resolved_after: None,
+        },
+        SeedAlert {
+            patient: diabetic,
+            team: diabetes,
+            rule: "glucose_very_low",
+            severity: "red",
+            state: "acknowledged",
+            title: "Glucose below 3.0 mmol/L",
+            ago: Duration::hours(2),
+            resolved_after: None,
+        },
+        SeedAlert {
+            patient: diabetic,
+            team: diabetes,
+            rule: "ketones_high",
+            severity: "amber",
+            state: "resolved",
+            title: "Blood ketones 1.6 mmol/L or more",
+            ago: Duration::days(20),
+            resolved_after: Some(Duration::days(19)),
+        },
+        SeedAlert {
+            patient: diabetic,
+            team: diabetes,
+            rule: "cgm_no_data",
+            severity: "low",
+            state: "open",
+            title: "No CGM data for 30 minutes",
+            ago: Duration::minutes(40),
+            resolved_after: None,
+        },
     ];
-    for (patient, team, rule, severity, state, title, ago, resolved_after) in rows {
+    for SeedAlert {
+        patient,
+        team,
+        rule,
+        severity,
+        state,
+        title,
+        ago,
+        resolved_after,
+    } in rows
+    {
         let id = g.uuid();
         let opened = now - ago;
         let resolved = resolved_after.map(|d| now - d);

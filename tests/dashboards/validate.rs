@@ -46,7 +46,10 @@ pub fn provisioning(datasources: &[Loaded], providers: &[Loaded]) -> Vec<String>
             if ds["access"] != "proxy" {
                 problems.push(format!("{at}: access must be proxy"));
             }
-            if ds["jsonData"]["database"].as_str().is_none_or(str::is_empty) {
+            if ds["jsonData"]["database"]
+                .as_str()
+                .is_none_or(str::is_empty)
+            {
                 problems.push(format!("{at}: jsonData.database must be set"));
             }
             if !ds["database"].is_null() {
@@ -58,7 +61,9 @@ pub fn provisioning(datasources: &[Loaded], providers: &[Loaded]) -> Vec<String>
                 problems.push(format!("{at}: jsonData.timescaledb must be true or false"));
             }
             if ds["user"] != "vigil_grafana" {
-                problems.push(format!("{at}: user must be the read-only role vigil_grafana"));
+                problems.push(format!(
+                    "{at}: user must be the read-only role vigil_grafana"
+                ));
             }
             let password = ds["secureJsonData"]["password"].as_str().unwrap_or("");
             if !(password.starts_with("${") && password.ends_with('}')) {
@@ -105,7 +110,9 @@ pub fn dashboards(files: &[Loaded], datasource_uid: &str) -> Vec<String> {
         if title.is_empty() {
             problems.push(format!("{at}: title must not be empty"));
         } else if !titles.insert(title.to_string()) {
-            problems.push(format!("{at}: title {title:?} is used by another dashboard"));
+            problems.push(format!(
+                "{at}: title {title:?} is used by another dashboard"
+            ));
         }
         let uid = d["uid"].as_str().unwrap_or("");
         if !UID.is_match(uid) {
@@ -143,9 +150,12 @@ fn layout(at: &str, d: &Value) -> Vec<String> {
             None => problems.push(format!("{at}: panel {title} has no id")),
         }
         let g = &p["gridPos"];
-        let (Some(x), Some(y), Some(w), Some(h)) =
-            (g["x"].as_i64(), g["y"].as_i64(), g["w"].as_i64(), g["h"].as_i64())
-        else {
+        let (Some(x), Some(y), Some(w), Some(h)) = (
+            g["x"].as_i64(),
+            g["y"].as_i64(),
+            g["w"].as_i64(),
+            g["h"].as_i64(),
+        ) else {
             problems.push(format!("{at}: panel {title} needs gridPos x, y, w and h"));
             continue;
         };
@@ -291,7 +301,9 @@ pub fn sql(place: &str, sql: &str, variables: &HashSet<String>) -> Vec<String> {
             continue;
         }
         if !variables.contains(name) {
-            problems.push(format!("{place}: {whole} is not a variable of this dashboard"));
+            problems.push(format!(
+                "{place}: {whole} is not a variable of this dashboard"
+            ));
             continue;
         }
         let format = c.get(6).map(|m| m.as_str());
@@ -396,16 +408,31 @@ mod tests {
 
     #[test]
     fn the_json_model_is_checked() {
-        expect(|d| d["schemaVersion"] = json!(39), "schemaVersion must be 42");
+        expect(
+            |d| d["schemaVersion"] = json!(39),
+            "schemaVersion must be 42",
+        );
         expect(|d| d["title"] = json!(""), "title must not be empty");
-        expect(|d| d["uid"] = json!("Has Spaces"), "uid \"Has Spaces\" must match");
-        expect(|d| d["panels"][1]["id"] = json!(1), "panel id 1 (B) is used twice");
+        expect(
+            |d| d["uid"] = json!("Has Spaces"),
+            "uid \"Has Spaces\" must match",
+        );
+        expect(
+            |d| d["panels"][1]["id"] = json!(1),
+            "panel id 1 (B) is used twice",
+        );
         expect(
             |d| d["panels"][1]["gridPos"] = json!({"x": 0, "y": 0, "w": 12}),
             "needs gridPos",
         );
-        expect(|d| d["panels"][1]["gridPos"]["x"] = json!(13), "outside the 24-column grid");
-        expect(|d| d["panels"][1]["gridPos"]["x"] = json!(6), "overlaps panel A");
+        expect(
+            |d| d["panels"][1]["gridPos"]["x"] = json!(13),
+            "outside the 24-column grid",
+        );
+        expect(
+            |d| d["panels"][1]["gridPos"]["x"] = json!(6),
+            "overlaps panel A",
+        );
     }
 
     #[test]
@@ -501,7 +528,10 @@ mod tests {
         let text = "SELECT '-- not one', \"/* nor */\", $$ /* this */ $$, $f$ -- or $f$ /* one */";
         assert_eq!(comments(text), vec!["/* one */"]);
         let vars = HashSet::new();
-        assert_eq!(sql("q", "SELECT '-- $__x' /* no dollar */", &vars), Vec::<String>::new());
+        assert_eq!(
+            sql("q", "SELECT '-- $__x' /* no dollar */", &vars),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -513,7 +543,9 @@ mod tests {
             "vigil-pg",
         );
         assert!(
-            problems.iter().any(|p| p.contains("uid ok is used by another")),
+            problems
+                .iter()
+                .any(|p| p.contains("uid ok is used by another")),
             "{problems:?}"
         );
         let mut second = good();
@@ -549,27 +581,54 @@ mod tests {
     #[test]
     fn provisioning_files_are_checked() {
         assert_eq!(provisioning_problems(|_, _| {}), Vec::<String>::new());
-        let cases: Vec<(Box<dyn FnOnce(&mut Value, &mut Value)>, &str)> = vec![
-            (Box::new(|d, _| d["apiVersion"] = json!(2)), "apiVersion must be 1"),
-            (Box::new(|d, _| d["datasources"][0]["type"] = json!("mysql")), "type must be"),
-            (Box::new(|d, _| d["datasources"][0]["uid"] = json!("")), "uid must be set"),
-            (Box::new(|d, _| d["datasources"][0]["access"] = json!("direct")), "access must be proxy"),
+        type Edit = Box<dyn FnOnce(&mut Value, &mut Value)>;
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                Box::new(|d, _| d["apiVersion"] = json!(2)),
+                "apiVersion must be 1",
+            ),
+            (
+                Box::new(|d, _| d["datasources"][0]["type"] = json!("mysql")),
+                "type must be",
+            ),
+            (
+                Box::new(|d, _| d["datasources"][0]["uid"] = json!("")),
+                "uid must be set",
+            ),
+            (
+                Box::new(|d, _| d["datasources"][0]["access"] = json!("direct")),
+                "access must be proxy",
+            ),
             (
                 Box::new(|d, _| d["datasources"][0]["jsonData"]["database"] = json!(null)),
                 "jsonData.database must be set",
             ),
-            (Box::new(|d, _| d["datasources"][0]["database"] = json!("vigil")), "legacy top-level"),
+            (
+                Box::new(|d, _| d["datasources"][0]["database"] = json!("vigil")),
+                "legacy top-level",
+            ),
             (
                 Box::new(|d, _| d["datasources"][0]["jsonData"]["timescaledb"] = json!("true")),
                 "timescaledb must be true or false",
             ),
-            (Box::new(|d, _| d["datasources"][0]["user"] = json!("postgres")), "read-only role"),
             (
-                Box::new(|d, _| d["datasources"][0]["secureJsonData"]["password"] = json!("hunter2")),
+                Box::new(|d, _| d["datasources"][0]["user"] = json!("postgres")),
+                "read-only role",
+            ),
+            (
+                Box::new(|d, _| {
+                    d["datasources"][0]["secureJsonData"]["password"] = json!("hunter2")
+                }),
                 "environment variable",
             ),
-            (Box::new(|_, p| p["providers"][0]["type"] = json!("git")), "must be of type file"),
-            (Box::new(|_, p| p["providers"][0]["options"] = json!({})), "needs options.path"),
+            (
+                Box::new(|_, p| p["providers"][0]["type"] = json!("git")),
+                "must be of type file",
+            ),
+            (
+                Box::new(|_, p| p["providers"][0]["options"] = json!({})),
+                "needs options.path",
+            ),
             (
                 Box::new(|_, p| {
                     let first = p["providers"][0].clone();

@@ -170,34 +170,20 @@ impl Change {
         }
     }
 
+    /// A new alert; `breach` then records the first breach on it.
     fn new(reading: &Inserted, patient: &Patient, breach: &Breach, now: OffsetDateTime) -> Self {
+        let mut alert = Alert::open(
+            reading.patient_id,
+            patient.team_id,
+            breach,
+            reading.measured_at,
+            now,
+        );
+        alert.detail = json!({ "worst_badness": f64::MIN });
+        alert.breach_count = 0;
+        alert.retrospective = reading.late;
         Self {
-            alert: Alert {
-                id: Uuid::new_v4(),
-                patient_id: reading.patient_id,
-                team_id: patient.team_id,
-                rule_id: breach.rule_id.clone(),
-                rule_version: breach.rule_version.clone(),
-                severity: breach.severity,
-                state: State::Open,
-                title: breach.title.clone(),
-                detail: json!({ "worst_badness": f64::MIN }),
-                retrospective: reading.late,
-                breach_count: 0,
-                first_breach_at: reading.measured_at,
-                latest_breach_at: reading.measured_at,
-                opened_at: now,
-                updated_at: now,
-                acknowledged_at: None,
-                acknowledged_by: None,
-                acknowledge_note: None,
-                condition_cleared_at: None,
-                escalated_at: None,
-                resolved_at: None,
-                resolved_by: None,
-                resolution: None,
-                stored: false,
-            },
+            alert,
             created: true,
             touched: true,
             readings: Vec::new(),

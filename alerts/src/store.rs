@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use crate::rules::Severity;
+use crate::rules::{Breach, Severity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -91,6 +91,42 @@ pub const COLUMNS: &str = "id, patient_id, team_id, rule_id, rule_version, sever
     resolved_at, resolved_by, resolution";
 
 impl Alert {
+    /// A new open alert for `breach`, first breached at `at`, not yet stored.
+    pub fn open(
+        patient_id: Uuid,
+        team_id: Uuid,
+        breach: &Breach,
+        at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            patient_id,
+            team_id,
+            rule_id: breach.rule_id.clone(),
+            rule_version: breach.rule_version.clone(),
+            severity: breach.severity,
+            state: State::Open,
+            title: breach.title.clone(),
+            detail: json!({ "latest": breach.detail, "worst": breach.detail, "worst_badness": breach.badness }),
+            retrospective: false,
+            breach_count: 1,
+            first_breach_at: at,
+            latest_breach_at: at,
+            opened_at: now,
+            updated_at: now,
+            acknowledged_at: None,
+            acknowledged_by: None,
+            acknowledge_note: None,
+            condition_cleared_at: None,
+            escalated_at: None,
+            resolved_at: None,
+            resolved_by: None,
+            resolution: None,
+            stored: false,
+        }
+    }
+
     pub fn from_row(r: &Row) -> Self {
         Self {
             id: r.get("id"),

@@ -12,11 +12,11 @@ fn glucose(minutes_ago: i64) -> String {
     .to_string()
 }
 
-#[tokio::test]
-async fn a_killed_service_loses_and_duplicates_nothing() {
+/// A service holding `n` received readings that it has not committed: batches wait a
+/// minute in the writer, so a kill or a signal lands between receipt and commit.
+async fn holding(n: i64) -> (TestDb, vigil_ingest::Settings, ChildService, String) {
     let db = TestDb::create().await;
     let s = settings(&db.url);
-    // Readings wait in the writer for a minute, so the kill lands between receipt and commit.
     let holding = [
         ("VIGIL_BATCH__LINGER_MS", "60000".to_string()),
         ("VIGIL_BATCH__MAX_READINGS", "1000000".to_string()),
@@ -25,7 +25,6 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     let reg = register(&db.url, "cgm").await;
     let device = MqttDevice::connect(None).await;
     let topic = format!("{}/devices/{}/readings", s.mqtt.topic_root, reg.device);
-    let n = 200;
     for i in 0..n {
         device.publish(&topic, glucose(i + 1)).await;
     }
@@ -36,9 +35,17 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
     let client = db.client().await;
     assert_eq!(count(&client, "SELECT count(*) FROM readings").await, 0);
     assert_eq!(service.metric("vigil_mqtt_messages_acked_total").await, 0.0);
+    (db, s, service, topic)
+}
+
+#[tokio::test]
+async fn a_killed_service_loses_and_duplicates_nothing() {
+    let n = 200;
+    let (db, s, service, _) = holding(n).await;
     service.kill().await;
 
     let restarted = ChildService::start(&s, &[]).await;
+    let client = db.client().await;
     wait_count(&client, "SELECT count(*) FROM readings", n).await;
     eventually("every redelivered message acknowledged", || async {
         restarted.metric("vigil_mqtt_messages_acked_total").await >= n as f64
@@ -54,28 +61,10 @@ async fn a_killed_service_loses_and_duplicates_nothing() {
 
 #[tokio::test]
 async fn sigterm_commits_and_acknowledges_what_was_received() {
-    let db = TestDb::create().await;
-    let s = settings(&db.url);
-    // Long linger: only the shutdown drain can commit these readings.
-    let holding = [
-        ("VIGIL_BATCH__LINGER_MS", "60000".to_string()),
-        ("VIGIL_BATCH__MAX_READINGS", "1000000".to_string()),
-    ];
-    let service = ChildService::start(&s, &holding).await;
-    let reg = register(&db.url, "cgm").await;
-    let device = MqttDevice::connect(None).await;
-    let topic = format!("{}/devices/{}/readings", s.mqtt.topic_root, reg.device);
     let n = 50;
-    for i in 0..n {
-        device.publish(&topic, glucose(i + 1)).await;
-    }
-    eventually("every message received", || async {
-        service.metric("vigil_mqtt_messages_received_total").await >= n as f64
-    })
-    .await;
-    let client = db.client().await;
-    assert_eq!(count(&client, "SELECT count(*) FROM readings").await, 0);
+    let (db, s, service, topic) = holding(n).await;
     service.terminate().await;
+    let client = db.client().await;
     assert_eq!(count(&client, "SELECT count(*) FROM readings").await, n);
 
     // Everything was acknowledged before exit: a restart receives nothing again.

@@ -230,32 +230,7 @@ async fn apply(
         .map(|r| Alert::from_row(&r));
     match (verdict, active) {
         (Verdict::Breach(b), None) => {
-            let mut alert = Alert {
-                id: Uuid::new_v4(),
-                patient_id: patient,
-                team_id: team,
-                rule_id: b.rule_id,
-                rule_version: b.rule_version,
-                severity: b.severity,
-                state: State::Open,
-                title: b.title,
-                detail: json!({ "latest": b.detail, "worst": b.detail, "worst_badness": b.badness }),
-                retrospective: false,
-                breach_count: 1,
-                first_breach_at: now,
-                latest_breach_at: now,
-                opened_at: now,
-                updated_at: now,
-                acknowledged_at: None,
-                acknowledged_by: None,
-                acknowledge_note: None,
-                condition_cleared_at: None,
-                escalated_at: None,
-                resolved_at: None,
-                resolved_by: None,
-                resolution: None,
-                stored: false,
-            };
+            let mut alert = Alert::open(patient, team, &b, now, now);
             store::save(db, &mut alert, EventKind::Opened).await?;
         }
         (Verdict::Breach(b), Some(mut alert)) => {

@@ -119,6 +119,10 @@ BEGIN
         refreshed_at            timestamptz
     );
     INSERT INTO rollup_state DEFAULT VALUES;
+    -- Without statistics the planner guesses hundreds of rows for this one-row table, and
+    -- the real-time half of the views below then looks costly enough to be JIT-compiled,
+    -- which takes longer than the query.
+    ANALYZE rollup_state;
 
     -- One row per statement that changed readings below the threshold: the measured_at
     -- range it touched.

@@ -126,13 +126,15 @@ pub async fn engine(client: &Client) -> String {
 }
 
 /// Materialises the rollups as the product does: the refresh procedure on plain
-/// PostgreSQL, TimescaleDB's refresh (what its policy jobs run) otherwise.
+/// PostgreSQL, TimescaleDB's refresh (what its policy jobs run) otherwise, both up to the
+/// start of the current hour.
 pub async fn refresh_rollups(client: &Client) {
     if engine(client).await == "timescaledb" {
         for view in ["readings_hourly", "ingest_hourly"] {
             client
                 .batch_execute(&format!(
-                    "CALL refresh_continuous_aggregate('{view}', NULL, NULL)"
+                    "CALL refresh_continuous_aggregate('{view}', NULL, \
+                         time_bucket(interval '1 hour', now()))"
                 ))
                 .await
                 .expect("refresh continuous aggregate");

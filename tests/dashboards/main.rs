@@ -15,12 +15,13 @@ mod rollups;
 mod seed;
 mod validate;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use time::OffsetDateTime;
 
 use crate::{
     db::TestDb,
+    grafana::VarValue,
     model::QueryKind,
     panels::{Outcome, assert_ok},
 };
@@ -74,6 +75,8 @@ async fn every_query_runs_on_seeded_data(server: &str) {
     let now = OffsetDateTime::now_utc();
     seed::seed(&client, 42, now, 3).await;
     db::refresh_rollups(&client).await;
+    // A live database has statistics (autovacuum); a freshly seeded one has none.
+    client.batch_execute("ANALYZE").await.expect("analyze");
     let timescale = db::engine(&client).await == "timescaledb";
     // The shipped file is for the default (plain PostgreSQL) path; on TimescaleDB the
     // README says to switch the flag on, and the shipped file must keep working unchanged.
@@ -83,7 +86,109 @@ async fn every_query_runs_on_seeded_data(server: &str) {
         let outcomes = assert_ok(panels::run_all(&mut client, &panels::ranges(now), flag).await);
         assert_every_query_shows_data(&outcomes);
         report_slowest(&format!("{server} (timescaledb flag {flag})"), &outcomes);
+        worklist_lists_the_right_patients(&mut client, now, flag).await;
     }
+}
+
+async fn team_id(client: &tokio_postgres::Client, name: &str) -> String {
+    client
+        .query_one("SELECT id::text FROM care_teams WHERE name = $1", &[&name])
+        .await
+        .expect("team")
+        .get(0)
+}
+
+/// The worklist picks out the patients the seeded data makes out of target, and only them.
+async fn worklist_lists_the_right_patients(
+    client: &mut tokio_postgres::Client,
+    now: OffsetDateTime,
+    flag: bool,
+) {
+    let clinic = team_id(client, "Hypertension clinic").await;
+    let diabetes = team_id(client, "Diabetes team").await;
+    let range = panels::ranges(now)[2].1;
+    let vars = |team: &str, quiet: &str| {
+        HashMap::from([
+            ("team".to_string(), VarValue::One(team.to_string())),
+            ("quiet".to_string(), VarValue::One(quiet.to_string())),
+        ])
+    };
+
+    let above = panels::run_one(
+        client,
+        "vigil-worklist / Patients above their blood pressure target / A",
+        &vars(&clinic, "3 days"),
+        &range,
+        flag,
+    )
+    .await;
+    let above: Vec<(String, String)> = above
+        .iter()
+        .map(|r| (r.get("patient"), r.get("target below")))
+        .collect();
+    // 153/88 at 86 is above 145/85; 127/79 is controlled; the third stopped measuring.
+    assert_eq!(
+        above,
+        vec![("NHS 9434765870".to_string(), "145/85".to_string())]
+    );
+
+    let quiet_3 = panels::run_one(
+        client,
+        "vigil-worklist / Patients with missing data / A",
+        &vars(&clinic, "3 days"),
+        &range,
+        flag,
+    )
+    .await;
+    let quiet_7 = panels::run_one(
+        client,
+        "vigil-worklist / Patients with missing data / A",
+        &vars(&clinic, "7 days"),
+        &range,
+        flag,
+    )
+    .await;
+    // Never measured (no last reading, listed first), and silent for five days.
+    assert_eq!(quiet_3.len(), 2);
+    assert!(
+        quiet_3[0]
+            .get::<_, Option<OffsetDateTime>>("last_reading")
+            .is_none()
+    );
+    assert!(
+        quiet_3[1]
+            .get::<_, Option<OffsetDateTime>>("last_reading")
+            .is_some()
+    );
+    assert_eq!(quiet_7.len(), 1);
+
+    let low_tir = panels::run_one(
+        client,
+        "vigil-worklist / Patients with low time in range (CGM, 14 days) / A",
+        &vars(&diabetes, "3 days"),
+        &range,
+        flag,
+    )
+    .await;
+    let listed: Vec<(String, f64)> = low_tir
+        .iter()
+        .map(|r| (r.get("patient"), r.get("in range %")))
+        .collect();
+    // The poorly controlled CGM user first, the well controlled one not at all.
+    assert!(
+        listed
+            .first()
+            .is_some_and(|(p, tir)| p == "NHS 9100000027" && *tir < 50.0),
+        "{listed:?}"
+    );
+    assert!(
+        listed.iter().all(|(p, _)| p != "NHS 9100000019"),
+        "{listed:?}"
+    );
+    assert!(
+        listed.windows(2).all(|w| w[0].1 <= w[1].1),
+        "lowest first: {listed:?}"
+    );
 }
 
 #[tokio::test]

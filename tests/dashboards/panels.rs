@@ -109,6 +109,35 @@ pub async fn run_all(
     }
 }
 
+/// Runs the query at `place` (dashboard uid / panel title / refId) as Grafana would with
+/// these variable values, and returns its rows.
+pub async fn run_one(
+    client: &mut Client,
+    place: &str,
+    vars: &HashMap<String, VarValue>,
+    range: &TimeRange,
+    timescaledb: bool,
+) -> Vec<Row> {
+    let ds = model::datasource();
+    let q = model::dashboards()
+        .iter()
+        .flat_map(|d| model::queries(&d.value))
+        .find(|q| q.place == place)
+        .unwrap_or_else(|| panic!("no query {place}"));
+    let interval = grafana::panel_interval(
+        range,
+        q.max_data_points.unwrap_or(1000),
+        q.min_interval.as_deref().unwrap_or(&ds.time_interval),
+    );
+    let sql = grafana::interpolate_frontend(&q.sql, vars, range, &interval)
+        .and_then(|s| grafana::interpolate_backend(&s, range, interval.1, timescaledb))
+        .unwrap_or_else(|e| panic!("{place}: {e}"));
+    db::run_as_grafana(client, &sql)
+        .await
+        .unwrap_or_else(|e| panic!("{place}: {e}"))
+        .1
+}
+
 fn show(vars: &HashMap<String, VarValue>) -> String {
     let mut parts: Vec<String> = vars
         .iter()

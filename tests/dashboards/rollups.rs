@@ -81,7 +81,11 @@ async fn rollups_follow_late_changed_and_deleted_readings_on(server: &str) {
         )
         .await
         .expect("live reading");
-    assert_eq!(rollup_mismatches(&client).await, 0, "a live reading");
+    assert_eq!(
+        rollup_mismatches(&client).await,
+        0,
+        "{server}: a live reading"
+    );
 
     // A late reading, a corrected one and a deleted one, all in materialised hours: the
     // rollup is stale until the next refresh, then right again.
@@ -107,10 +111,14 @@ async fn rollups_follow_late_changed_and_deleted_readings_on(server: &str) {
         .expect("late, corrected and deleted readings");
     assert!(
         rollup_mismatches(&client).await > 0,
-        "materialised hours change only when refreshed"
+        "{server}: materialised hours change only when refreshed"
     );
     db::refresh_rollups(&client).await;
-    assert_eq!(rollup_mismatches(&client).await, 0, "after the refresh");
+    assert_eq!(
+        rollup_mismatches(&client).await,
+        0,
+        "{server}: after the refresh"
+    );
 }
 
 #[tokio::test]

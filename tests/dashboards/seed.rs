@@ -218,7 +218,7 @@ impl Generator {
                     }
                 })
                 .sum();
-            drift = 0.97 * drift + self.normal(0.0, 0.35);
+            drift = 0.97 * drift + self.normal(0.0, 0.2);
             let dawn = 0.6 * ((hour - 5.0) / 24.0 * std::f64::consts::TAU).sin();
             let mmol = mean + meals + dawn + drift + self.normal(0.0, 0.2) - swing * 0.4;
             let (value, range, original) = if mmol < 2.2 {
@@ -434,22 +434,25 @@ pub async fn seed(client: &Client, seed: u64, now: OffsetDateTime, cgm_patients:
     team(client, &mut g, "New team").await;
     // CGM users, each with a different control and a different way of sending.
     let profiles = [
+        // Well controlled: meets every consensus target.
         CgmProfile {
-            mean: 6.2,
-            swing: 3.0,
+            mean: 6.8,
+            swing: 2.5,
             mg_dl: false,
             offset_minutes: 0,
             gap: None,
         },
+        // Poorly controlled, sending mg/dL: time in range well under 50 %.
         CgmProfile {
-            mean: 10.5,
-            swing: 5.5,
+            mean: 13.0,
+            swing: 5.0,
             mg_dl: true,
             offset_minutes: 60,
             gap: None,
         },
+        // In between, in India, with a two-day sensor gap.
         CgmProfile {
-            mean: 7.0,
+            mean: 7.5,
             swing: 4.0,
             mg_dl: false,
             offset_minutes: 330,
@@ -464,11 +467,12 @@ pub async fn seed(client: &Client, seed: u64, now: OffsetDateTime, cgm_patients:
             offset_minutes: offset,
             gap,
         } = profiles[i % profiles.len()];
+        let nhs = ["9100000019", "9100000027", "9100000035"].get(i).copied();
         let p = patient(
             client,
             &mut g,
             diabetes,
-            None,
+            nhs,
             1975 + i32::try_from(i % 30).expect("i"),
             offset,
         )

@@ -8,7 +8,12 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use vigil_alerts::{events, grpc::Alerts, worker};
+use vigil_alerts::{
+    deliver::{Deliverer, MqttTarget},
+    events,
+    grpc::Alerts,
+    worker,
+};
 use vigil_ingest::{
     Settings,
     grpc::server::serve_services,
@@ -58,6 +63,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
 
     let events = Arc::new(Notify::new());
     let pg_config: tokio_postgres::Config = settings.database.url.parse()?;
+    let deliverer = Deliverer::new(
+        pool.clone(),
+        settings.alerts.clone(),
+        MqttTarget {
+            host: settings.mqtt.host.clone(),
+            port: settings.mqtt.port,
+            username: settings.mqtt.username.clone(),
+            password: settings.mqtt.password.clone(),
+            client_id: settings.alerts.mqtt_client_id.clone(),
+            topic_root: settings.mqtt.topic_root.clone(),
+        },
+    )?;
     let mut tasks = vec![
         tokio::spawn(events::listen(pg_config, events.clone(), token.clone())),
         tokio::spawn(worker::run(
@@ -65,6 +82,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             settings.alerts.clone(),
             token.clone(),
         )),
+        tokio::spawn(deliverer.run(events.clone(), token.clone())),
     ];
     let alerts = Alerts::new(pool.clone(), events.clone(), token.clone());
     let grpc_task = tokio::spawn(serve_services(

@@ -28,7 +28,7 @@ use vigil_alerts::{
 };
 use vigil_ingest::{Settings, store::pool};
 
-use crate::harness::*;
+use crate::{child::ChildService, harness::*};
 
 const SECRET: &str = "whsec_e2e_secret";
 
@@ -45,6 +45,8 @@ struct Received {
 
 #[derive(Default)]
 struct ReceiverState {
+    /// Requests that have arrived, answered or not.
+    arrivals: AtomicUsize,
     requests: Mutex<Vec<Received>>,
     /// Requests still to be answered with 500.
     fail_next: AtomicUsize,
@@ -95,6 +97,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    state.arrivals.fetch_add(1, Ordering::SeqCst);
     tokio::time::sleep(state.delay).await;
     let header = |name: &str| {
         headers
@@ -524,5 +527,69 @@ async fn a_webhook_disabled_after_queueing_is_dead_lettered_without_a_request() 
     assert_eq!(state, "dead");
     assert_eq!(error.as_deref(), Some("webhook disabled"));
     assert!(receiver.requests().is_empty());
+    app.stop().await;
+}
+
+/// The worker process is killed while a webhook request is in flight: the delivery is not
+/// recorded, so the restarted worker sends it again under the same idempotency key, and
+/// the clinician's stream still shows the alert once.
+#[tokio::test]
+async fn a_worker_killed_mid_delivery_loses_nothing_and_duplicates_nothing_visible() {
+    let db = TestDb::create().await;
+    let app = TestApp::spawn(settings(&db.url)).await;
+    let reg = register(&db.url, "glucose_meter").await;
+    let client = db.client().await;
+    let receiver = Receiver::start(0, false, Duration::from_secs(3)).await;
+    add_webhook(&client, reg.team, &receiver.url).await;
+    let fast = [
+        ("VIGIL_ALERTS__POLL_INTERVAL_MS", "100".to_string()),
+        (
+            "VIGIL_ALERTS__DELIVERY_BACKOFF_INITIAL_MS",
+            "50".to_string(),
+        ),
+    ];
+    let worker = ChildService::alerts(&app.settings, &fast).await;
+    raise_hypo(&app, &reg).await;
+    eventually("the webhook request is in flight", || async {
+        receiver.state.arrivals.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    worker.kill().await;
+    assert_eq!(
+        delivery(&client, "webhook").await.0,
+        "pending",
+        "a killed round records nothing"
+    );
+
+    let restarted = ChildService::alerts(&app.settings, &fast).await;
+    eventually(
+        "the webhook delivery completes after the restart",
+        || async {
+            count(
+                &client,
+                "SELECT count(*) FROM deliveries WHERE state = 'delivered'",
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    let keys: std::collections::HashSet<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.idempotency_key.clone())
+        .collect();
+    assert_eq!(
+        keys.len(),
+        1,
+        "every attempt carries the same idempotency key"
+    );
+    assert!(
+        receiver.state.arrivals.load(Ordering::SeqCst) >= 2,
+        "sent again after the crash"
+    );
+    assert_eq!(count(&client, "SELECT count(*) FROM alerts").await, 1);
+    assert_eq!(count(&client, "SELECT count(*) FROM alert_events").await, 1);
+    restarted.terminate().await;
     app.stop().await;
 }

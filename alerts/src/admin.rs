@@ -32,9 +32,15 @@ pub struct NewWebhook {
 }
 
 /// Registers a team webhook; the signing secret is returned only here.
-pub async fn add_webhook(db: &impl GenericClient, team: Uuid, url: &str) -> Result<NewWebhook, AdminError> {
+pub async fn add_webhook(
+    db: &impl GenericClient,
+    team: Uuid,
+    url: &str,
+) -> Result<NewWebhook, AdminError> {
     if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(AdminError::Invalid(format!("webhook URL {url:?} must start with https:// or http://")));
+        return Err(AdminError::Invalid(format!(
+            "webhook URL {url:?} must start with https:// or http://"
+        )));
     }
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
@@ -45,7 +51,12 @@ pub async fn add_webhook(db: &impl GenericClient, team: Uuid, url: &str) -> Resu
         &[&id, &team, &url, &secret],
     )
     .await?;
-    audit(db, "add_webhook", json!({ "webhook_id": id, "team_id": team, "url": url })).await?;
+    audit(
+        db,
+        "add_webhook",
+        json!({ "webhook_id": id, "team_id": team, "url": url }),
+    )
+    .await?;
     Ok(NewWebhook { id, secret })
 }
 
@@ -57,7 +68,8 @@ pub async fn set_team_thresholds(
     set_by: &str,
     reason: &str,
 ) -> Result<Thresholds, AdminError> {
-    let resolved = Thresholds::resolve([thresholds]).map_err(|e| AdminError::Invalid(e.to_string()))?;
+    let resolved =
+        Thresholds::resolve([thresholds]).map_err(|e| AdminError::Invalid(e.to_string()))?;
     if reason.trim().is_empty() {
         return Err(AdminError::Invalid("a reason is required".into()));
     }
@@ -69,11 +81,25 @@ pub async fn set_team_thresholds(
         &[&team, thresholds, &set_by, &reason],
     )
     .await?;
-    audit(db, "set_team_thresholds", json!({ "team_id": team, "thresholds": thresholds, "set_by": set_by, "reason": reason })).await?;
+    audit(
+        db,
+        "set_team_thresholds",
+        json!({ "team_id": team, "thresholds": thresholds, "set_by": set_by, "reason": reason }),
+    )
+    .await?;
     Ok(resolved)
 }
 
 /// Audits the creation of a clinician (the token itself is never recorded).
-pub async fn audit_clinician_added(db: &impl GenericClient, clinician: Uuid, teams: &[Uuid]) -> Result<(), AdminError> {
-    audit(db, "add_clinician", json!({ "clinician_id": clinician, "teams": teams })).await
+pub async fn audit_clinician_added(
+    db: &impl GenericClient,
+    clinician: Uuid,
+    teams: &[Uuid],
+) -> Result<(), AdminError> {
+    audit(
+        db,
+        "add_clinician",
+        json!({ "clinician_id": clinician, "teams": teams }),
+    )
+    .await
 }

@@ -35,7 +35,12 @@ async fn alert_client(worker: &ChildService) -> Client {
 
 async fn watch(client: &mut Client, token: &str, after: Option<i64>) -> Streaming<AlertEvent> {
     client
-        .watch_alerts(with_token(WatchAlertsRequest { after_event_id: after }, token))
+        .watch_alerts(with_token(
+            WatchAlertsRequest {
+                after_event_id: after,
+            },
+            token,
+        ))
         .await
         .expect("watch opens")
         .into_inner()
@@ -73,7 +78,10 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
     let opened = next(&mut ours_watch).await;
     let alert = opened.alert.clone().expect("alert");
     assert_eq!(opened.kind, "opened");
-    assert_eq!((alert.rule_id.as_str(), alert.severity.as_str()), ("glucose.low", "red"));
+    assert_eq!(
+        (alert.rule_id.as_str(), alert.severity.as_str()),
+        ("glucose.low", "red")
+    );
     assert!(alert.urgent);
     assert_eq!(alert.patient_id, ours.patient.to_string());
 
@@ -101,7 +109,10 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
     assert!(listed.alerts.is_empty());
     let denied = api
         .acknowledge_alert(with_token(
-            AcknowledgeAlertRequest { alert_id: alert.id.clone(), note: String::new() },
+            AcknowledgeAlertRequest {
+                alert_id: alert.id.clone(),
+                note: String::new(),
+            },
             &their_token,
         ))
         .await
@@ -109,7 +120,9 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
     assert_eq!(denied.code(), Code::NotFound);
     let denied = api
         .get_patient_thresholds(with_token(
-            GetPatientThresholdsRequest { patient_id: ours.patient.to_string() },
+            GetPatientThresholdsRequest {
+                patient_id: ours.patient.to_string(),
+            },
             &their_token,
         ))
         .await
@@ -124,7 +137,10 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
     // Acknowledge, then resume a watch from the first event: nothing in between is missed.
     let acked = api
         .acknowledge_alert(with_token(
-            AcknowledgeAlertRequest { alert_id: alert.id.clone(), note: "phoned, eating".into() },
+            AcknowledgeAlertRequest {
+                alert_id: alert.id.clone(),
+                note: "phoned, eating".into(),
+            },
             &our_token,
         ))
         .await
@@ -138,7 +154,10 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
 
     let listed = api
         .list_alerts(with_token(
-            ListAlertsRequest { states: vec!["acknowledged".into()], ..Default::default() },
+            ListAlertsRequest {
+                states: vec!["acknowledged".into()],
+                ..Default::default()
+            },
             &our_token,
         ))
         .await
@@ -158,7 +177,10 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(actions.contains(&"acknowledge_alert".to_string()), "{actions:?}");
+    assert!(
+        actions.contains(&"acknowledge_alert".to_string()),
+        "{actions:?}"
+    );
     assert!(actions.contains(&"watch_alerts".to_string()), "{actions:?}");
     worker.terminate().await;
     app.stop().await;
@@ -211,7 +233,10 @@ async fn patient_thresholds_are_overridden_with_who_when_and_why() {
         ..Default::default()
     };
     grpc.submit_readings(with_token(
-        SubmitReadingsRequest { readings: vec![reading], ..Default::default() },
+        SubmitReadingsRequest {
+            readings: vec![reading],
+            ..Default::default()
+        },
         &reg.token,
     ))
     .await
@@ -245,7 +270,10 @@ async fn an_unacknowledged_red_alert_is_escalated() {
     };
     let mut grpc = app.grpc().await;
     grpc.submit_readings(with_token(
-        SubmitReadingsRequest { readings: vec![reading], ..Default::default() },
+        SubmitReadingsRequest {
+            readings: vec![reading],
+            ..Default::default()
+        },
         &reg.token,
     ))
     .await
@@ -265,9 +293,16 @@ async fn a_home_blood_pressure_average_above_target_raises_a_windowed_alert() {
     let reg = register(&db.url, "bp_monitor").await;
     let mut client = connect(&db.url).await;
     let since = time::OffsetDateTime::now_utc() - time::Duration::days(10);
-    let cuff = vigil_ingest::store::admin::add_device(&mut client, Uuid::new_v4(), reg.patient, "bp_monitor", None, since)
-        .await
-        .expect("cuff");
+    let cuff = vigil_ingest::store::admin::add_device(
+        &mut client,
+        Uuid::new_v4(),
+        reg.patient,
+        "bp_monitor",
+        None,
+        since,
+    )
+    .await
+    .expect("cuff");
     // Five days of twice-daily duplicate readings averaging 142/88: above 135/85.
     let readings: Vec<vigil_proto::v1::Reading> = (0..5)
         .flat_map(|day| (0..4).map(move |i| (day, i)))
@@ -281,7 +316,10 @@ async fn a_home_blood_pressure_average_above_target_raises_a_windowed_alert() {
         .collect();
     let mut grpc = app.grpc().await;
     grpc.submit_readings(with_token(
-        SubmitReadingsRequest { readings, ..Default::default() },
+        SubmitReadingsRequest {
+            readings,
+            ..Default::default()
+        },
         &cuff.token,
     ))
     .await
@@ -290,16 +328,27 @@ async fn a_home_blood_pressure_average_above_target_raises_a_windowed_alert() {
     let worker = ChildService::alerts(&app.settings, &fast).await;
     let db2 = db.client().await;
     eventually("home average alert", || async {
-        count(&db2, "SELECT count(*) FROM alerts WHERE rule_id = 'bp.home_average'").await == 1
+        count(
+            &db2,
+            "SELECT count(*) FROM alerts WHERE rule_id = 'bp.home_average'",
+        )
+        .await
+            == 1
     })
     .await;
     let row = db2
-        .query_one("SELECT severity, detail FROM alerts WHERE rule_id = 'bp.home_average'", &[])
+        .query_one(
+            "SELECT severity, detail FROM alerts WHERE rule_id = 'bp.home_average'",
+            &[],
+        )
         .await
         .expect("alert");
     assert_eq!(row.get::<_, &str>(0), "amber");
     let detail: serde_json::Value = row.get(1);
-    assert_eq!(detail["latest"]["readings"], 16, "day 1 discarded: 4 of 20 readings");
+    assert_eq!(
+        detail["latest"]["readings"], 16,
+        "day 1 discarded: 4 of 20 readings"
+    );
     worker.terminate().await;
     app.stop().await;
 }
@@ -326,7 +375,9 @@ async fn alert_latency() {
             readings: vec![glucose_pb(&now_rfc3339(-(200 - i)), value, "mmol/L")],
             ..Default::default()
         };
-        grpc.submit_readings(with_token(request, &reg.token)).await.expect("stored");
+        grpc.submit_readings(with_token(request, &reg.token))
+            .await
+            .expect("stored");
         let committed = Instant::now();
         let _ = next(&mut events).await;
         latencies.push(committed.elapsed());

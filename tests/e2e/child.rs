@@ -40,7 +40,10 @@ impl ChildService {
             .arg(subcommand)
             .env("VIGIL_ALERTS__GRPC_LISTEN", grpc_addr.to_string())
             .env("VIGIL_ALERTS__HTTP_LISTEN", http_addr.to_string())
-            .env("VIGIL_ALERTS__MQTT_CLIENT_ID", format!("{}-alerts", settings.mqtt.client_id))
+            .env(
+                "VIGIL_ALERTS__MQTT_CLIENT_ID",
+                format!("{}-alerts", settings.mqtt.client_id),
+            )
             .env("VIGIL_DATABASE__URL", &settings.database.url)
             .env("VIGIL_MQTT__HOST", &settings.mqtt.host)
             .env("VIGIL_MQTT__PORT", settings.mqtt.port.to_string())

@@ -212,7 +212,7 @@ async fn every_query_runs_on_an_empty_database() {
 
 /// The benchmark recorded in docs/dashboards.md: every query over 90 days with a care team
 /// of `VIGIL_BENCH_CGM_PATIENTS` (default 50) patients on 5-minute CGM.
-/// `cargo test --release --test dashboards -- --ignored --nocapture benchmark`
+/// `cargo test --test dashboards -- --ignored --nocapture benchmark`
 #[tokio::test]
 #[ignore = "a benchmark: run it explicitly"]
 async fn benchmark_slowest_panel_at_90_days() {

@@ -120,11 +120,9 @@ pub fn panels(dashboard: &Value) -> Vec<&Value> {
     out
 }
 
-/// A variable's SQL: the legacy string form or the newer object form.
+/// A query variable's SQL (the string form; the validator refuses the object form).
 pub fn variable_sql(var: &Value) -> Option<&str> {
-    var["query"]
-        .as_str()
-        .or_else(|| var["query"]["rawSql"].as_str())
+    var["query"].as_str()
 }
 
 /// Every SQL query of a dashboard: panel targets, annotation targets, query variables.

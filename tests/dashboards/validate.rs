@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     grafana::{MACRO, MACROS, VARIABLE},
-    model::{Loaded, panels, queries},
+    model::{Loaded, panels, queries, variable_sql},
 };
 
 const DATASOURCE_TYPES: &[&str] = &["grafana-postgresql-datasource", "postgres"];
@@ -193,8 +193,22 @@ fn datasources_and_targets(at: &str, d: &Value, uid: &str) -> Vec<String> {
         if list.is_empty() {
             problems.push(format!("{at}: panel {title} has no targets"));
         }
+        // Panels that draw rows need table frames; a time series panel needs time series.
+        let needed = match p["type"].as_str() {
+            Some("table" | "barchart" | "trend") => Some("table"),
+            Some("timeseries") => Some("time_series"),
+            _ => None,
+        };
         for t in list {
             let r = t["refId"].as_str().unwrap_or("");
+            if let Some(format) = needed
+                && t["format"].as_str().is_some_and(|f| f != format)
+            {
+                problems.push(format!(
+                    "{at}: panel {title} target {r}: a {} panel needs format {format}",
+                    p["type"].as_str().unwrap_or("?")
+                ));
+            }
             if r.is_empty() || !refs.insert(r.to_string()) {
                 problems.push(format!("{at}: panel {title}: refId {r:?} must be unique"));
             }
@@ -214,8 +228,11 @@ fn datasources_and_targets(at: &str, d: &Value, uid: &str) -> Vec<String> {
         if v["type"] == "query" {
             let name = format!("variable {}", v["name"].as_str().unwrap_or("?"));
             sources.push((name.clone(), &v["datasource"]));
-            if v["query"].is_object() {
-                targets.push((name, &v["query"]));
+            // The legacy string form works with and without the new variable editor.
+            if !v["query"].is_string() {
+                problems.push(format!("{at}: {name}: query must be the SQL text"));
+            } else if variable_sql(v).is_none_or(|q| q.trim().is_empty()) {
+                problems.push(format!("{at}: {name}: query is empty"));
             }
         }
     }
@@ -367,8 +384,7 @@ mod tests {
             "annotations": {"list": []},
             "templating": {"list": [
                 {"type": "query", "name": "team", "datasource": ds(),
-                 "query": {"refId": "t", "format": "table", "editorMode": "code",
-                           "rawSql": "SELECT id AS __value FROM care_teams"}}]},
+                 "query": "SELECT id AS __value FROM care_teams"}]},
             "panels": [
                 {"id": 1, "type": "timeseries", "title": "A", "datasource": ds(),
                  "gridPos": {"x": 0, "y": 0, "w": 12, "h": 8},
@@ -450,6 +466,14 @@ mod tests {
             "variable team uses data source",
         );
         expect(
+            |d| d["templating"]["list"][0]["query"] = json!(" "),
+            "variable team: query is empty",
+        );
+        expect(
+            |d| d["templating"]["list"][0]["query"] = json!({"rawSql": "SELECT 1"}),
+            "variable team: query must be the SQL text",
+        );
+        expect(
             |d| {
                 d["panels"][0]["targets"][0]
                     .as_object_mut()
@@ -466,6 +490,14 @@ mod tests {
         expect(
             |d| d["panels"][0]["targets"][0]["editorMode"] = json!("builder"),
             "editorMode must be code",
+        );
+        expect(
+            |d| d["panels"][1]["targets"][0]["format"] = json!("time_series"),
+            "a table panel needs format table",
+        );
+        expect(
+            |d| d["panels"][0]["targets"][0]["format"] = json!("table"),
+            "a timeseries panel needs format time_series",
         );
         expect(
             |d| {

@@ -307,6 +307,16 @@ pub fn sql(place: &str, sql: &str, variables: &HashSet<String>) -> Vec<String> {
             "{place}: a repeated $__timeGroup(...) is aliased in GROUP BY too; use $__timeGroupAlias and GROUP BY 1"
         ));
     }
+    // Followed by a comma, the first occurrence gets `AS "time"` wherever it stands,
+    // which breaks `GROUP BY $__timeGroup(...), metric`.
+    if groups.iter().any(|g| {
+        sql.find(g)
+            .is_some_and(|i| sql[i + g.len()..].starts_with(','))
+    }) {
+        problems.push(format!(
+            "{place}: $__timeGroup(...) followed by a comma is silently aliased; use $__timeGroupAlias and GROUP BY 1"
+        ));
+    }
     for c in VARIABLE.captures_iter(sql) {
         let whole = &c[0];
         let name = c
@@ -536,6 +546,14 @@ mod tests {
                 )
             },
             "repeated $__timeGroup",
+        );
+        expect(
+            |d| {
+                *sql_of(d, 1) = json!(
+                    "SELECT $__timeGroupAlias(t, '1h'), m, avg(v) FROM x GROUP BY $__timeGroup(t, '1h'), m"
+                )
+            },
+            "followed by a comma is silently aliased",
         );
         expect(
             |d| *sql_of(d, 1) = json!("SELECT 1 WHERE team = $team"),

@@ -199,11 +199,11 @@ VIGIL_DB_URL_CHOSEN=
 
 pg_connects() { PGCONNECT_TIMEOUT=5 psql -X -w -q -d "$1" -c 'SELECT 1' >/dev/null 2>&1; }
 
-# True when the role in URL $1 logs in and has what Vigil needs: CREATEDB and
+# True when the role in URL $1 logs in and has what Vigil needs: CREATEDB, CREATEROLE and
 # pg_read_all_settings.
 vigil_role_ready() {
   local ok
-  ok=$(PGCONNECT_TIMEOUT=5 psql -X -w -q -At -d "$1" -c "SELECT rolcreatedb AND pg_has_role(current_user, 'pg_read_all_settings', 'USAGE') FROM pg_roles WHERE rolname = current_user" 2>/dev/null) || return 1
+  ok=$(PGCONNECT_TIMEOUT=5 psql -X -w -q -At -d "$1" -c "SELECT rolcreatedb AND rolcreaterole AND pg_has_role(current_user, 'pg_read_all_settings', 'USAGE') FROM pg_roles WHERE rolname = current_user" 2>/dev/null) || return 1
   [ "$ok" = t ]
 }
 
@@ -231,17 +231,18 @@ ensure_db_credentials() {
     if ! vigil_role_ready "$url"; then
       is_root ||
         fail "cannot connect to PostgreSQL on $VIGIL_PG_HOST:$VIGIL_PG_PORT as postgres (no password), nor as vigil with the privileges it needs, and setting up role vigil needs root. Set VIGIL_DATABASE__URL to a role that may create databases, or run this as root."
-      info "database: creating or updating role vigil (LOGIN CREATEDB, member of pg_read_all_settings)"
+      info "database: creating or updating role vigil (LOGIN CREATEDB CREATEROLE, member of pg_read_all_settings)"
       # Over the local socket as the postgres superuser (peer authentication). The
       # password goes through stdin, not the command line. pg_read_all_settings: the
       # migrations read shared_preload_libraries to tell whether TimescaleDB is loaded,
-      # which PostgreSQL shows only to superusers and members of that role.
+      # which PostgreSQL shows only to superusers and members of that role. CREATEROLE: the
+      # migrations create the read-only role vigil_grafana used by the dashboards.
       (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$VIGIL_PG_PORT" -d postgres) >/dev/null 2>"$VIGIL_STATE_DIR/role.err" <<SQL || {
 \\set password '$password'
-SELECT format('CREATE ROLE vigil LOGIN CREATEDB PASSWORD %L', :'password')
+SELECT format('CREATE ROLE vigil LOGIN CREATEDB CREATEROLE PASSWORD %L', :'password')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'vigil')
 \\gexec
-ALTER ROLE vigil WITH LOGIN CREATEDB PASSWORD :'password';
+ALTER ROLE vigil WITH LOGIN CREATEDB CREATEROLE PASSWORD :'password';
 GRANT pg_read_all_settings TO vigil;
 SQL
         cat "$VIGIL_STATE_DIR/role.err" >&2

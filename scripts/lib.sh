@@ -417,6 +417,41 @@ ensure_broker() {
 }
 
 # Runs every ensure_* step in order.
+# ------------------------------------------------------------------------ timescaledb ---
+
+# When the TimescaleDB extension is installed for the local PostgreSQL but the server does
+# not preload it, the TimescaleDB tests get a scratch server of their own that does
+# (owned by postgres, under its home, on 127.0.0.1:55433, trust authentication). Exports
+# VIGIL_TEST_TIMESCALE_URL; leaves a value the user set alone; does nothing when the
+# extension is not installed (Debian does not package it).
+ensure_timescale_test_server() {
+  [ -z "${VIGIL_TEST_TIMESCALE_URL:-}" ] || return 0
+  local version bin share port=55433
+  version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1)
+  [ -n "$version" ] || return 0
+  bin=/usr/lib/postgresql/$version/bin
+  share=/usr/share/postgresql/$version
+  [ -f "$share/extension/timescaledb.control" ] || return 0
+  is_root || return 0
+  local data=/var/lib/postgresql/vigil-timescale-test
+  if ! pg_connects "postgres://postgres@127.0.0.1:$port/postgres"; then
+    if [ ! -s "$data/PG_VERSION" ]; then
+      info "TimescaleDB is installed: creating a scratch server for its tests in $data"
+      runuser -u postgres -- "$bin/initdb" -D "$data" -A trust -U postgres >/dev/null ||
+        fail "initdb of the TimescaleDB test server failed"
+      cat >>"$data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+shared_preload_libraries = 'timescaledb'
+timescaledb.telemetry_level = off
+CONF
+    fi
+    runuser -u postgres -- "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w start >/dev/null ||
+      fail "the TimescaleDB test server did not start (log: $data/server.log)"
+  fi
+  export VIGIL_TEST_TIMESCALE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+
 ensure_environment() {
   ensure_cargo
   ensure_packages

@@ -416,7 +416,6 @@ ensure_broker() {
   export VIGIL_TEST_MQTT_HOST=127.0.0.1 VIGIL_TEST_MQTT_PORT=$port
 }
 
-# Runs every ensure_* step in order.
 # ------------------------------------------------------------------------ timescaledb ---
 
 # When the TimescaleDB extension is installed for the local PostgreSQL but the server does
@@ -452,6 +451,7 @@ CONF
   export VIGIL_TEST_TIMESCALE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
+# Runs every ensure_* step in order.
 ensure_environment() {
   ensure_cargo
   ensure_packages

@@ -72,9 +72,13 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
         readings: vec![glucose_pb(&now_rfc3339(-60 * mins), value, "mmol/L")],
         ..Default::default()
     };
-    grpc.submit_readings(with_token(submit(2.6, 10), &ours.token))
-        .await
-        .expect("stored");
+    // The first reading arrives over MQTT, the repeat over gRPC.
+    let mut device = MqttDevice::connect(Some(app.results_topic(ours.device))).await;
+    let hypo = json!({ "type": "blood_glucose", "measured_at": now_rfc3339(-600), "value": 2.6, "unit": "mmol/L" });
+    device
+        .publish(&app.readings_topic(ours.device), hypo.to_string())
+        .await;
+    assert_eq!(device.next_result().await["accepted"], 1);
     let opened = next(&mut ours_watch).await;
     let alert = opened.alert.clone().expect("alert");
     assert_eq!(opened.kind, "opened");

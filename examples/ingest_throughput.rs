@@ -5,6 +5,9 @@
 //! Needs the same services as the tests (see scripts/test for the variables):
 //! `cargo run --release --example ingest_throughput -- [readings per scenario]`
 
+#[path = "../tests/common/database.rs"]
+#[allow(dead_code)]
+mod database;
 #[path = "../tests/e2e/harness.rs"]
 #[allow(dead_code)]
 mod harness;

@@ -248,14 +248,15 @@ impl Change {
             }
             return;
         }
-        a.state = State::Resolved;
-        a.resolved_at = Some(now);
-        a.resolution = Some(format!(
-            "condition cleared by the reading measured at {}",
-            reading.measured_at
-        ));
+        a.resolve(
+            None,
+            now,
+            format!(
+                "condition cleared by the reading measured at {}",
+                reading.measured_at
+            ),
+        );
         a.condition_cleared_at = Some(reading.measured_at);
-        a.updated_at = now;
         self.touched = true;
     }
 

@@ -156,6 +156,15 @@ impl Alert {
         }
     }
 
+    /// Closes the alert: `by` a clinician, or automatically when `None`.
+    pub fn resolve(&mut self, by: Option<Uuid>, now: OffsetDateTime, resolution: String) {
+        self.state = State::Resolved;
+        self.resolved_at = Some(now);
+        self.resolved_by = by;
+        self.resolution = Some(resolution);
+        self.updated_at = now;
+    }
+
     /// Red alerts that nobody has acknowledged are the ones to push as urgent.
     pub fn urgent(&self) -> bool {
         self.severity == Severity::Red && self.state == State::Open && !self.retrospective

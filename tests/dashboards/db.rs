@@ -3,15 +3,10 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls, Row, Statement};
-use uuid::Uuid;
+use tokio_postgres::{Client, Row, Statement};
 use vigil_ingest::{config::TimescaleMode, store::migrate};
 
-/// A server tests may create databases on.
-pub fn plain_server() -> String {
-    std::env::var("VIGIL_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
+pub use crate::database::{TestDb, connect, server_url as plain_server};
 
 /// A server with TimescaleDB preloaded, when one is configured.
 pub fn timescale_server() -> Option<String> {
@@ -28,93 +23,25 @@ pub fn servers() -> Vec<String> {
     out
 }
 
-pub struct TestDb {
-    pub url: String,
-    server: String,
-    name: String,
-}
-
-impl TestDb {
-    /// Creates a database and applies every migration.
-    pub async fn migrated(server: &str) -> (Self, Client) {
-        let name = format!("vigil_dash_{}", Uuid::new_v4().simple());
-        connect(server)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        let db = Self {
-            url: with_database(server, &name),
-            server: server.to_string(),
-            name,
-        };
-        let mut client = connect(&db.url).await;
-        migrate::run(&mut client, TimescaleMode::Auto)
-            .await
-            .expect("migrations apply");
-        // Tests switch to the Grafana role; a non-superuser needs to be a member of it.
-        client
-            .batch_execute(
-                "DO $$ BEGIN
-                     IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-                         GRANT vigil_grafana TO CURRENT_USER;
-                     END IF;
-                 END $$",
-            )
-            .await
-            .expect("membership of vigil_grafana");
-        (db, client)
-    }
-}
-
-fn with_database(server: &str, name: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (server, None),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map_or(base.len(), |i| scheme_end + i);
-    let mut url = format!("{}/{}", &base[..host_end], name);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop runs outside async context; a short-lived runtime on its own thread does it.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(&server, NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-pub async fn connect(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
+/// Creates a database and applies every migration.
+pub async fn migrated(server: &str) -> (TestDb, Client) {
+    let db = TestDb::create_on(server).await;
+    let mut client = connect(&db.url).await;
+    migrate::run(&mut client, TimescaleMode::Auto)
         .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    tokio::spawn(conn);
+        .expect("migrations apply");
+    // Tests switch to the Grafana role; a non-superuser needs to be a member of it.
     client
+        .batch_execute(
+            "DO $$ BEGIN
+                 IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                     GRANT vigil_grafana TO CURRENT_USER;
+                 END IF;
+             END $$",
+        )
+        .await
+        .expect("membership of vigil_grafana");
+    (db, client)
 }
 
 pub async fn engine(client: &Client) -> String {

@@ -7,6 +7,10 @@
 //! roles), optionally `VIGIL_TEST_TIMESCALE_URL`, and for the benchmark
 //! `VIGIL_BENCH_CGM_PATIENTS`.
 
+// Shared with the end-to-end tests, which use all of it.
+#[path = "../common/database.rs"]
+#[allow(dead_code)]
+mod database;
 mod db;
 mod grafana;
 mod model;
@@ -20,7 +24,6 @@ use std::collections::{BTreeSet, HashMap};
 use time::OffsetDateTime;
 
 use crate::{
-    db::TestDb,
     grafana::VarValue,
     model::QueryKind,
     panels::{Outcome, assert_ok},
@@ -71,7 +74,7 @@ fn report_slowest(server: &str, outcomes: &[Outcome]) {
 }
 
 async fn every_query_runs_on_seeded_data(server: &str) {
-    let (_db, mut client) = TestDb::migrated(server).await;
+    let (_db, mut client) = db::migrated(server).await;
     let now = OffsetDateTime::now_utc();
     seed::seed(&client, 42, now, 3).await;
     db::refresh_rollups(&client).await;
@@ -203,7 +206,7 @@ async fn every_query_runs_as_grafana_on_seeded_data() {
 #[tokio::test]
 async fn every_query_runs_on_an_empty_database() {
     for server in db::servers() {
-        let (_db, mut client) = TestDb::migrated(&server).await;
+        let (_db, mut client) = db::migrated(&server).await;
         let timescale = db::engine(&client).await == "timescaledb";
         let now = OffsetDateTime::now_utc();
         assert_ok(panels::run_all(&mut client, &panels::ranges(now), timescale).await);
@@ -221,7 +224,7 @@ async fn benchmark_slowest_panel_at_90_days() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     for server in db::servers() {
-        let (_db, mut client) = TestDb::migrated(&server).await;
+        let (_db, mut client) = db::migrated(&server).await;
         let now = OffsetDateTime::now_utc();
         let started = std::time::Instant::now();
         let seeded = seed::seed(&client, 1, now, patients).await;

@@ -5,10 +5,7 @@
 use time::{Duration, OffsetDateTime};
 use tokio_postgres::Client;
 
-use crate::{
-    db::{self, TestDb},
-    seed,
-};
+use crate::{db, seed};
 
 /// Rows of the rollup that differ from the same aggregate computed afresh from readings
 /// (sums rounded: summation order differs).
@@ -43,7 +40,7 @@ async fn rollup_mismatches(client: &Client) -> i64 {
 }
 
 async fn rollups_follow_late_changed_and_deleted_readings_on(server: &str) {
-    let (_db, client) = TestDb::migrated(server).await;
+    let (_db, client) = crate::db::migrated(server).await;
     let now = OffsetDateTime::now_utc();
     seed::seed(&client, 7, now, 1).await;
     // Before any refresh the real-time part answers everything.
@@ -138,7 +135,7 @@ async fn logged(client: &Client) -> i64 {
 
 #[tokio::test]
 async fn plain_postgresql_logs_only_changes_below_the_materialised_range() {
-    let (_db, client) = TestDb::migrated(&db::plain_server()).await;
+    let (_db, client) = crate::db::migrated(&db::plain_server()).await;
     assert_eq!(db::engine(&client).await, "partitioned");
     seed::seed(&client, 11, OffsetDateTime::now_utc(), 0).await;
     db::refresh_rollups(&client).await;
@@ -181,7 +178,7 @@ async fn plain_postgresql_logs_only_changes_below_the_materialised_range() {
 
 #[tokio::test]
 async fn glucose_bands_follow_the_consensus_in_each_unit() {
-    let (_db, client) = TestDb::migrated(&db::plain_server()).await;
+    let (_db, client) = crate::db::migrated(&db::plain_server()).await;
     // value, original value, original unit, LO/HI, expected band
     type Case = (
         Option<f64>,
@@ -225,7 +222,7 @@ async fn glucose_bands_follow_the_consensus_in_each_unit() {
 }
 
 async fn grafana_role_reads_only_what_dashboards_show_on(server: &str) {
-    let (_db, mut client) = TestDb::migrated(server).await;
+    let (_db, mut client) = crate::db::migrated(server).await;
     let role = client
         .query_one(
             "SELECT rolcanlogin, rolsuper, rolcreaterole, rolcreatedb FROM pg_roles

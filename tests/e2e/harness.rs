@@ -20,25 +20,18 @@ use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
 };
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, metadata::MetadataValue};
 use uuid::Uuid;
 use vigil_ingest::{Application, Settings, config::TimescaleMode, store::admin};
 use vigil_proto::v1::{Reading, ingest_service_client::IngestServiceClient};
 
+pub use crate::database::{TestDb, connect};
+
 pub const WAIT: Duration = Duration::from_secs(20);
 
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-/// URL of a PostgreSQL server on which tests may create databases.
-pub fn server_url() -> String {
-    env_or(
-        "VIGIL_TEST_DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    )
 }
 
 pub fn mqtt_host() -> String {
@@ -49,89 +42,6 @@ pub fn mqtt_port() -> u16 {
     env_or("VIGIL_TEST_MQTT_PORT", "1883")
         .parse()
         .expect("VIGIL_TEST_MQTT_PORT is a port number")
-}
-
-/// A database that exists for one test and is dropped afterwards.
-pub struct TestDb {
-    pub url: String,
-    server: String,
-    name: String,
-}
-
-impl TestDb {
-    pub async fn create() -> Self {
-        Self::create_on(&server_url()).await
-    }
-
-    pub async fn create_on(server: &str) -> Self {
-        let name = format!("vigil_test_{}", Uuid::new_v4().simple());
-        let admin = connect(server).await;
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create test database");
-        Self {
-            url: with_database(server, &name),
-            server: server.to_string(),
-            name,
-        }
-    }
-
-    pub async fn client(&self) -> tokio_postgres::Client {
-        connect(&self.url).await
-    }
-}
-
-/// The server URL with its database replaced, credentials and options kept.
-fn with_database(server: &str, name: &str) -> String {
-    let (base, query) = match server.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (server, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let host_end = base[scheme_end..]
-        .find('/')
-        .map(|i| scheme_end + i)
-        .unwrap_or(base.len());
-    let mut url = format!("{}/{}", &base[..host_end], name);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    url
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop runs outside async context; a short-lived runtime on its own thread does it.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok((client, conn)) = tokio_postgres::connect(&server, NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-pub async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
-    tokio::spawn(conn);
-    client
 }
 
 /// Settings for a service isolated from every other test: its own database, topic root,

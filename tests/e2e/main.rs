@@ -6,12 +6,15 @@
 //! them) and optionally `VIGIL_TEST_TIMESCALE_URL` (a server with TimescaleDB preloaded).
 
 mod child;
+#[path = "../common/database.rs"]
+mod database;
 mod harness;
 
 mod alert_api;
 mod alert_delivery;
 mod alert_rules;
 mod bad_input;
+mod broker_restart;
 mod crash;
 mod database_outage;
 mod duplicates;

@@ -4,7 +4,7 @@ use vigil_ingest::{
 };
 use vigil_proto::v1::{ReadingStatus, SubmitReadingsRequest};
 
-use crate::harness::*;
+use crate::{database::server_url, harness::*};
 
 #[tokio::test]
 async fn migrations_apply_once_when_run_twice_and_concurrently() {

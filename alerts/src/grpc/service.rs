@@ -376,10 +376,11 @@ impl AlertService for Alerts {
                     // A red alert whose condition has already cleared was kept open only to be
                     // seen; once acknowledged it is done.
                     if a.condition_cleared_at.is_some() {
-                        a.state = State::Resolved;
-                        a.resolved_at = Some(now);
-                        a.resolved_by = Some(who.id);
-                        a.resolution = Some("acknowledged after the condition cleared".into());
+                        a.resolve(
+                            Some(who.id),
+                            now,
+                            "acknowledged after the condition cleared".into(),
+                        );
                         return Ok(EventKind::Resolved);
                     }
                     a.state = State::Acknowledged;
@@ -406,14 +407,12 @@ impl AlertService for Alerts {
                     if a.state == State::Resolved {
                         return Err(Status::failed_precondition("the alert is already resolved"));
                     }
-                    a.state = State::Resolved;
-                    a.resolved_at = Some(now);
-                    a.resolved_by = Some(who.id);
-                    a.resolution = Some(if note.is_empty() {
+                    let resolution = if note.is_empty() {
                         "resolved by a clinician".into()
                     } else {
                         format!("resolved by a clinician: {note}")
-                    });
+                    };
+                    a.resolve(Some(who.id), now, resolution);
                     Ok(EventKind::Resolved)
                 },
                 "resolve_alert",

@@ -16,7 +16,7 @@ use crate::{
         Thresholds,
         windowed::{self, CgmPoint, HomeBp, RangeFlag, Verdict},
     },
-    store::{self, Alert, EventKind, State},
+    store::{self, Alert, EventKind},
 };
 
 /// Patients with a device bound now.
@@ -256,15 +256,13 @@ async fn apply(
             }
         }
         (Verdict::Met, Some(mut alert)) => {
-            alert.state = State::Resolved;
-            alert.resolved_at = Some(now);
-            alert.condition_cleared_at = Some(now);
-            alert.resolution = Some(if rule.starts_with("data.missing") {
-                "readings resumed".into()
+            let resolution = if rule.starts_with("data.missing") {
+                "readings resumed"
             } else {
-                "target met on re-evaluation".into()
-            });
-            alert.updated_at = now;
+                "target met on re-evaluation"
+            };
+            alert.resolve(None, now, resolution.into());
+            alert.condition_cleared_at = Some(now);
             store::save(db, &mut alert, EventKind::Resolved).await?;
         }
         (Verdict::Met, None) | (Verdict::Insufficient(_), _) => {}

@@ -314,11 +314,10 @@ async fn poll_loop(mut eventloop: EventLoop, consumer: Option<Consumer>, stop: C
                 c.epoch.fetch_add(1, Ordering::AcqRel);
                 c.health.set_broker(true);
                 info!(session_present = ack.session_present, "connected to broker");
-                // A broker without our session (first start, expiry, broker lost its state)
-                // has no subscription for us either.
-                if !ack.session_present
-                    && let Err(e) = c.client.try_subscribe(c.filter.clone(), QoS::AtLeastOnce)
-                {
+                // Subscribe on every connection, not only when the broker has no session:
+                // Mosquitto restores a persistent session from disk after a restart but not
+                // its shared subscription, and SUBSCRIBE is idempotent.
+                if let Err(e) = c.client.try_subscribe(c.filter.clone(), QoS::AtLeastOnce) {
                     warn!(error = %e, "could not queue subscription");
                 }
             }

@@ -111,6 +111,7 @@ pub async fn apply(
         .map(|a| ((a.patient_id, a.rule_id.clone()), Change::existing(a)))
         .collect();
 
+    let mut finished: Vec<Change> = Vec::new();
     let mut ordered = relevant;
     ordered.sort_by_key(|r| (r.patient_id, r.measured_at));
     let now = OffsetDateTime::now_utc();
@@ -124,8 +125,18 @@ pub async fn apply(
         };
         let breaches = rules::evaluate(&reading.observation, &patient.thresholds);
         for breach in &breaches {
+            let key = (reading.patient_id, breach.rule_id.clone());
+            // Resolved earlier in this batch: that alert is finished, and this breach opens
+            // a new one.
+            if alerts
+                .get(&key)
+                .is_some_and(|c| c.alert.state == State::Resolved)
+                && let Some(done) = alerts.remove(&key)
+            {
+                finished.push(done);
+            }
             let entry = alerts
-                .entry((reading.patient_id, breach.rule_id.clone()))
+                .entry(key)
                 .or_insert_with(|| Change::new(reading, &patient, breach, now));
             entry.breach(reading, breach, now);
         }
@@ -143,7 +154,8 @@ pub async fn apply(
     }
 
     let mut changed = 0;
-    for change in alerts.values_mut() {
+    // Finished alerts first, so at most one alert per patient and rule is active at a time.
+    for change in finished.iter_mut().chain(alerts.values_mut()) {
         let Some(kind) = change.kind() else { continue };
         store::save(db, &mut change.alert, kind).await?;
         store::link_readings(db, change.alert.id, &change.readings).await?;

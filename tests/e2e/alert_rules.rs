@@ -119,3 +119,35 @@ async fn amber_alerts_resolve_when_a_newer_reading_is_in_range_and_backfills_are
     assert!(row.get::<_, &str>(1).contains("condition cleared"));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_breach_after_a_recovery_in_the_same_upload_opens_a_new_alert() {
+    let db = TestDb::create().await;
+    let app = TestApp::spawn(settings(&db.url)).await;
+    let reg = register(&db.url, "glucose_meter").await;
+    let mut device = MqttDevice::connect(Some(app.results_topic(reg.device))).await;
+    // A meter uploading its memory: a level 1 hypo, recovery, then a level 2 hypo.
+    let glucose = |mins: i64, v: f64| json!({ "type": "blood_glucose", "measured_at": now_rfc3339(-60 * mins), "value": v, "unit": "mmol/L" });
+    let upload = json!({ "readings": [glucose(50, 3.5), glucose(40, 6.0), glucose(30, 2.6)] });
+    device
+        .publish(&app.readings_topic(reg.device), upload.to_string())
+        .await;
+    assert_eq!(device.next_result().await["accepted"], 3);
+    let client = db.client().await;
+    let rows = client
+        .query(
+            "SELECT severity, state FROM alerts ORDER BY first_breach_at",
+            &[],
+        )
+        .await
+        .expect("alerts");
+    let alerts: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        alerts,
+        vec![
+            ("amber".to_string(), "resolved".to_string()),
+            ("red".to_string(), "open".to_string())
+        ]
+    );
+    app.stop().await;
+}

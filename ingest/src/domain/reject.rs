@@ -95,10 +95,17 @@ pub struct Refusal {
 }
 
 impl Refusal {
+    /// Messages may quote the sender's input; NUL cannot be stored in PostgreSQL text, so
+    /// it is replaced rather than letting the refusal itself fail to be quarantined.
     pub fn new(reason: RejectReason, message: impl Into<String>) -> Self {
+        let message: String = message.into();
         Self {
             reason,
-            message: message.into(),
+            message: if message.contains('\0') {
+                message.replace('\0', "\u{FFFD}")
+            } else {
+                message
+            },
         }
     }
 }
@@ -106,6 +113,12 @@ impl Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_nul_characters_are_replaced() {
+        let r = Refusal::new(RejectReason::UnknownField, "unknown field `\0x`");
+        assert_eq!(r.message, "unknown field `\u{FFFD}x`");
+    }
 
     #[test]
     fn every_code_round_trips_and_is_unique() {

@@ -83,14 +83,22 @@ fn parse_time(text: &str, ctx: &Context<'_>) -> Result<(OffsetDateTime, i16), Re
         )
     })?;
     let offset_minutes = parsed.offset().whole_minutes();
-    let utc = parsed.to_offset(time::UtcOffset::UTC);
+    // An extreme offset can carry a valid local time outside the representable UTC range.
+    let utc = parsed
+        .checked_to_offset(time::UtcOffset::UTC)
+        .ok_or_else(|| {
+            Refusal::new(
+                R::InvalidTimestamp,
+                format!("`measured_at` {text:?} is outside the supported range"),
+            )
+        })?;
     let utc = utc.replace_nanosecond(0).unwrap_or(utc);
     let skew = Duration::seconds(i64::try_from(ctx.rules.max_future_skew_secs).unwrap_or(0));
     if utc > ctx.received_at + skew {
         return Err(Refusal::new(
             R::FutureTimestamp,
             format!(
-                "`measured_at` {text} is more than {}s after the time it was received; \
+                "`measured_at` {text:?} is more than {}s after the time it was received; \
                  check the device clock",
                 ctx.rules.max_future_skew_secs
             ),
@@ -100,7 +108,7 @@ fn parse_time(text: &str, ctx: &Context<'_>) -> Result<(OffsetDateTime, i16), Re
         return Err(Refusal::new(
             R::StaleTimestamp,
             format!(
-                "`measured_at` {text} is more than {} days old; check the device clock",
+                "`measured_at` {text:?} is more than {} days old; check the device clock",
                 ctx.rules.max_age_days
             ),
         ));
@@ -461,7 +469,9 @@ mod tests {
         raw.measured_at = "2026-11-22T12:05:01Z".into();
         assert_eq!(reason(raw.clone()), R::FutureTimestamp);
         raw.measured_at = "1970-01-01T00:00:00Z".into();
-        assert_eq!(reason(raw), R::StaleTimestamp);
+        assert_eq!(reason(raw.clone()), R::StaleTimestamp);
+        raw.measured_at = "9999-12-31T23:59:59-23:59".into();
+        assert_eq!(reason(raw), R::InvalidTimestamp, "beyond year 9999 in UTC");
     }
 
     #[test]

@@ -399,3 +399,88 @@ async fn alert_latency() {
     worker.terminate().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_open_watch_ends_when_the_clinician_is_revoked() {
+    let db = TestDb::create().await;
+    let app = TestApp::spawn(settings(&db.url)).await;
+    let reg = register(&db.url, "glucose_meter").await;
+    let token = clinician(&db.url, reg.team).await;
+    let worker = ChildService::alerts(&app.settings, &[]).await;
+    let mut api = alert_client(&worker).await;
+    let mut events = watch(&mut api, &token, None).await;
+    let client = db.client().await;
+    client
+        .execute("UPDATE clinicians SET revoked_at = now()", &[])
+        .await
+        .expect("revoke");
+    let end = tokio::time::timeout(WAIT, events.next())
+        .await
+        .expect("the stream reacts")
+        .expect("an item");
+    assert_eq!(end.expect_err("refused").code(), Code::Unauthenticated);
+    worker.terminate().await;
+    app.stop().await;
+}
+
+/// Event ids are taken at insert; an event whose transaction commits late must still reach
+/// a watcher that has already seen a later id.
+#[tokio::test]
+async fn watchers_receive_events_in_commit_order_without_gaps() {
+    let db = TestDb::create().await;
+    let app = TestApp::spawn(settings(&db.url)).await;
+    let reg = register(&db.url, "glucose_meter").await;
+    let token = clinician(&db.url, reg.team).await;
+    let worker = ChildService::alerts(&app.settings, &[]).await;
+    let mut api = alert_client(&worker).await;
+    let mut events = watch(&mut api, &token, None).await;
+
+    let raise = |rule: &'static str| {
+        format!(
+            "WITH a AS (
+                 INSERT INTO alerts (id, patient_id, team_id, rule_id, rule_version, severity, state,
+                                     title, detail, first_breach_at, latest_breach_at)
+                 VALUES (gen_random_uuid(), '{p}', '{t}', '{rule}', 'test@1', 'amber', 'open',
+                         '{rule}', '{{}}', now(), now())
+                 RETURNING id)
+             INSERT INTO alert_events (alert_id, team_id, kind, alert)
+             SELECT id, '{t}', 'opened', jsonb_build_object('rule_id', '{rule}') FROM a",
+            p = reg.patient,
+            t = reg.team
+        )
+    };
+    let mut slow = connect(&db.url).await;
+    let slow_tx = slow.transaction().await.expect("tx");
+    slow_tx
+        .batch_execute(&raise("test.slow"))
+        .await
+        .expect("slow event");
+    let fast = connect(&db.url).await;
+    fast.batch_execute(&raise("test.fast"))
+        .await
+        .expect("fast event");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1500), events.next())
+            .await
+            .is_err(),
+        "a later event was streamed while an earlier one was uncommitted"
+    );
+    slow_tx.commit().await.expect("commit");
+    let first = next(&mut events).await;
+    let second = next(&mut events).await;
+    let rule = |e: &AlertEvent| {
+        e.alert
+            .as_ref()
+            .map(|a| a.rule_id.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (rule(&first), rule(&second)),
+        ("test.slow".into(), "test.fast".into())
+    );
+    assert!(first.event_id < second.event_id);
+    let mut resumed = watch(&mut api, &token, Some(first.event_id)).await;
+    assert_eq!(rule(&next(&mut resumed).await), "test.fast");
+    worker.terminate().await;
+    app.stop().await;
+}

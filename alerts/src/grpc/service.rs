@@ -62,6 +62,15 @@ async fn audit(
     .map_err(internal)
 }
 
+fn bearer(metadata: &MetadataMap) -> Result<&str, Status> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| Status::unauthenticated("missing `authorization: Bearer <clinician token>`"))
+}
+
 impl Alerts {
     pub fn new(pool: Pool, events: Arc<Notify>, stop: CancellationToken) -> Self {
         Self { pool, events, stop }
@@ -72,18 +81,37 @@ impl Alerts {
     }
 
     async fn clinician(&self, metadata: &MetadataMap) -> Result<Clinician, Status> {
-        let token = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing `authorization: Bearer <clinician token>`")
-            })?;
+        let token = bearer(metadata)?;
         let db = self.client().await?;
-        clinicians::authenticate(&**db, token.trim())
+        Self::authenticate(&**db, token).await
+    }
+
+    async fn authenticate(db: &impl GenericClient, token: &str) -> Result<Clinician, Status> {
+        clinicians::authenticate(db, token)
             .await
             .map_err(unavailable)?
             .ok_or_else(|| Status::unauthenticated("unknown or revoked clinician token"))
+    }
+
+    /// The next events after `cursor` for the token's current teams, in commit order. The
+    /// token is checked on every read, so a revoked clinician or a changed team membership
+    /// takes effect on an open stream too.
+    async fn next_events(
+        &self,
+        db: &impl GenericClient,
+        token: &str,
+        cursor: &(String, i64),
+    ) -> Result<Vec<tokio_postgres::Row>, Status> {
+        let who = Self::authenticate(db, token).await?;
+        db.query(
+            "SELECT id, kind, at, alert, xid::text FROM alert_events
+             WHERE team_id = ANY($1) AND (xid, id) > ($2::text::xid8, $3)
+               AND xid < pg_snapshot_xmin(pg_current_snapshot())
+             ORDER BY xid, id LIMIT $4",
+            &[&who.teams, &cursor.0, &cursor.1, &CATCH_UP_PAGE],
+        )
+        .await
+        .map_err(internal)
     }
 
     /// Locks an alert of one of the caller's teams; another team's alert is "not found", so
@@ -275,23 +303,37 @@ impl AlertService for Alerts {
         &self,
         request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let token = bearer(request.metadata())?.to_string();
         let who = self.clinician(request.metadata()).await?;
+        let after = request.into_inner().after_event_id;
         let db = self.client().await?;
-        let mut cursor = match request.into_inner().after_event_id {
-            Some(id) => id,
-            None => db
-                .query_one("SELECT coalesce(max(id), 0) FROM alert_events", &[])
+        // The position is (transaction, id): see migration 5. Without a cursor, start with
+        // the transactions still running now.
+        let start = match after {
+            Some(id) => db
+                .query_opt(
+                    "SELECT xid::text, id FROM alert_events WHERE id = $1",
+                    &[&id],
+                )
                 .await
                 .map_err(internal)?
-                .get(0),
+                .ok_or_else(|| Status::invalid_argument(format!("unknown event id {id}")))?,
+            None => db
+                .query_one(
+                    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, 0::int8",
+                    &[],
+                )
+                .await
+                .map_err(internal)?,
         };
+        let mut cursor: (String, i64) = (start.get(0), start.get(1));
         audit(
             &**db,
             &who,
             "watch_alerts",
             None,
             None,
-            json!({ "after_event_id": cursor }),
+            json!({ "after_event_id": after }),
         )
         .await?;
         drop(db);
@@ -305,14 +347,7 @@ impl AlertService for Alerts {
                 tokio::pin!(notified);
                 notified.as_mut().enable();
                 let rows = match service.client().await {
-                    Ok(db) => db
-                        .query(
-                            "SELECT id, kind, at, alert FROM alert_events
-                             WHERE id > $1 AND team_id = ANY($2) ORDER BY id LIMIT $3",
-                            &[&cursor, &who.teams, &CATCH_UP_PAGE],
-                        )
-                        .await
-                        .map_err(internal),
+                    Ok(db) => service.next_events(&**db, &token, &cursor).await,
                     Err(status) => Err(status),
                 };
                 let rows = match rows {
@@ -328,11 +363,11 @@ impl AlertService for Alerts {
                 };
                 let full = rows.len() as i64 == CATCH_UP_PAGE;
                 for row in rows {
-                    cursor = row.get(0);
+                    cursor = (row.get(4), row.get(0));
                     let at: OffsetDateTime = row.get(2);
                     let alert: Value = row.get(3);
                     let event = pb::AlertEvent {
-                        event_id: cursor,
+                        event_id: cursor.1,
                         kind: row.get(1),
                         at: at.format(&Rfc3339).unwrap_or_default(),
                         alert: Some(convert::from_snapshot(&alert)),

@@ -35,6 +35,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollups",
         sql: include_str!("../../migrations/0004_rollups.sql"),
     },
+    Migration {
+        version: 5,
+        name: "alert_event_order",
+        sql: include_str!("../../migrations/0005_alert_event_order.sql"),
+    },
 ];
 
 const LOCK_KEY: i64 = 0x5649_4749_4c00_0001;

@@ -54,6 +54,34 @@ async fn next(stream: &mut Streaming<AlertEvent>) -> AlertEvent {
         .expect("event")
 }
 
+/// Ingest in-process, one registered patient and device, a clinician of their team, and a
+/// `vigil alerts` process (with `env` on top of the test's settings).
+struct Fixture {
+    db: TestDb,
+    app: TestApp,
+    reg: Registered,
+    token: String,
+    worker: ChildService,
+    api: Client,
+}
+
+async fn fixture(kind: &str, env: &[(&str, String)]) -> Fixture {
+    let db = TestDb::create().await;
+    let app = TestApp::spawn(settings(&db.url)).await;
+    let reg = register(&db.url, kind).await;
+    let token = clinician(&db.url, reg.team).await;
+    let worker = ChildService::alerts(&app.settings, env).await;
+    let api = alert_client(&worker).await;
+    Fixture {
+        db,
+        app,
+        reg,
+        token,
+        worker,
+        api,
+    }
+}
+
 #[tokio::test]
 async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_alert() {
     let db = TestDb::create().await;
@@ -192,12 +220,14 @@ async fn a_dangerous_reading_reaches_its_team_only_and_repeats_update_the_same_a
 
 #[tokio::test]
 async fn patient_thresholds_are_overridden_with_who_when_and_why() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "bp_monitor").await;
-    let token = clinician(&db.url, reg.team).await;
-    let worker = ChildService::alerts(&app.settings, &[]).await;
-    let mut api = alert_client(&worker).await;
+    let Fixture {
+        db,
+        app,
+        reg,
+        token,
+        worker,
+        mut api,
+    } = fixture("bp_monitor", &[]).await;
     let bad = api
         .set_patient_thresholds(with_token(
             SetPatientThresholdsRequest {
@@ -254,16 +284,18 @@ async fn patient_thresholds_are_overridden_with_who_when_and_why() {
 
 #[tokio::test]
 async fn an_unacknowledged_red_alert_is_escalated() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "ketone_meter").await;
-    let token = clinician(&db.url, reg.team).await;
     let fast = [
         ("VIGIL_ALERTS__ESCALATE_RED_AFTER_SECS", "1".to_string()),
         ("VIGIL_ALERTS__POLL_INTERVAL_MS", "200".to_string()),
     ];
-    let worker = ChildService::alerts(&app.settings, &fast).await;
-    let mut api = alert_client(&worker).await;
+    let Fixture {
+        db: _db,
+        app,
+        reg,
+        token,
+        worker,
+        mut api,
+    } = fixture("ketone_meter", &fast).await;
     let mut events = watch(&mut api, &token, None).await;
     let reading = vigil_proto::v1::Reading {
         r#type: "blood_ketones".into(),
@@ -363,12 +395,14 @@ async fn a_home_blood_pressure_average_above_target_raises_a_windowed_alert() {
 #[tokio::test]
 #[ignore = "measurement, not a test: prints latency percentiles"]
 async fn alert_latency() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let token = clinician(&db.url, reg.team).await;
-    let worker = ChildService::alerts(&app.settings, &[]).await;
-    let mut api = alert_client(&worker).await;
+    let Fixture {
+        db: _db,
+        app,
+        reg,
+        token,
+        worker,
+        mut api,
+    } = fixture("glucose_meter", &[]).await;
     let mut events = watch(&mut api, &token, None).await;
     let mut grpc = app.grpc().await;
     let mut latencies = Vec::new();
@@ -402,12 +436,14 @@ async fn alert_latency() {
 
 #[tokio::test]
 async fn an_open_watch_ends_when_the_clinician_is_revoked() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let token = clinician(&db.url, reg.team).await;
-    let worker = ChildService::alerts(&app.settings, &[]).await;
-    let mut api = alert_client(&worker).await;
+    let Fixture {
+        db,
+        app,
+        reg: _reg,
+        token,
+        worker,
+        mut api,
+    } = fixture("glucose_meter", &[]).await;
     let mut events = watch(&mut api, &token, None).await;
     let client = db.client().await;
     client
@@ -427,12 +463,14 @@ async fn an_open_watch_ends_when_the_clinician_is_revoked() {
 /// a watcher that has already seen a later id.
 #[tokio::test]
 async fn watchers_receive_events_in_commit_order_without_gaps() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let token = clinician(&db.url, reg.team).await;
-    let worker = ChildService::alerts(&app.settings, &[]).await;
-    let mut api = alert_client(&worker).await;
+    let Fixture {
+        db,
+        app,
+        reg,
+        token,
+        worker,
+        mut api,
+    } = fixture("glucose_meter", &[]).await;
     let mut events = watch(&mut api, &token, None).await;
 
     let raise = |rule: &'static str| {

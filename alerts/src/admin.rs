@@ -1,8 +1,6 @@
 //! Administration behind `vigil admin clinician|webhook|team thresholds`; each action is
 //! audited.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rand::RngCore;
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -42,9 +40,7 @@ pub async fn add_webhook(
             "webhook URL {url:?} must start with https:// or http://"
         )));
     }
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let secret = format!("whsec_{}", URL_SAFE_NO_PAD.encode(bytes));
+    let secret = crate::secrets::generate("whsec_");
     let id = Uuid::new_v4();
     db.execute(
         "INSERT INTO webhooks (id, team_id, url, secret) VALUES ($1, $2, $3, $4)",

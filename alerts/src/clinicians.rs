@@ -1,11 +1,10 @@
 //! Clinicians and their tokens (`vgc_` + 32 random bytes, URL-safe base64; only the
 //! SHA-256 is stored, the token is shown once).
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
+
+use crate::secrets::{self, hash};
 
 const PREFIX: &str = "vgc_";
 
@@ -19,19 +18,13 @@ pub struct Clinician {
     pub teams: Vec<Uuid>,
 }
 
-fn hash(token: &str) -> Vec<u8> {
-    Sha256::digest(token.as_bytes()).to_vec()
-}
-
 /// Registers a clinician in the given teams.
 pub async fn add(
     db: &impl GenericClient,
     name: &str,
     teams: &[Uuid],
 ) -> Result<NewClinician, tokio_postgres::Error> {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    let token = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes));
+    let token = secrets::generate(PREFIX);
     let id = Uuid::new_v4();
     db.execute(
         "INSERT INTO clinicians (id, name, token_hash) VALUES ($1, $2, $3)",

@@ -10,5 +10,6 @@ pub mod events;
 pub mod grpc;
 pub mod record;
 pub mod rules;
+pub mod secrets;
 pub mod store;
 pub mod worker;

@@ -190,7 +190,7 @@ impl Alerts {
         metadata: &MetadataMap,
         alert_id: &str,
         note: String,
-        apply: impl FnOnce(&mut Alert, &Clinician, OffsetDateTime) -> Result<EventKind, Status>,
+        apply: impl FnOnce(&mut Alert, &Clinician, OffsetDateTime) -> EventKind,
         action: &str,
     ) -> Result<pb::Alert, Status> {
         let who = self.clinician(metadata).await?;
@@ -198,8 +198,11 @@ impl Alerts {
         let mut db = self.client().await?;
         let tx = db.transaction().await.map_err(unavailable)?;
         let mut alert = Self::alert_for_update(&*tx, &who, id).await?;
+        if alert.state == State::Resolved {
+            return Err(Status::failed_precondition("the alert is already resolved"));
+        }
         let now = OffsetDateTime::now_utc();
-        let kind = apply(&mut alert, &who, now)?;
+        let kind = apply(&mut alert, &who, now);
         alert.updated_at = now;
         store::save(&*tx, &mut alert, kind)
             .await
@@ -402,9 +405,6 @@ impl AlertService for Alerts {
                 &r.alert_id,
                 note.clone(),
                 move |a, who, now| {
-                    if a.state == State::Resolved {
-                        return Err(Status::failed_precondition("the alert is already resolved"));
-                    }
                     a.acknowledged_at = Some(now);
                     a.acknowledged_by = Some(who.id);
                     a.acknowledge_note = (!note.is_empty()).then_some(note);
@@ -416,10 +416,10 @@ impl AlertService for Alerts {
                             now,
                             "acknowledged after the condition cleared".into(),
                         );
-                        return Ok(EventKind::Resolved);
+                        return EventKind::Resolved;
                     }
                     a.state = State::Acknowledged;
-                    Ok(EventKind::Acknowledged)
+                    EventKind::Acknowledged
                 },
                 "acknowledge_alert",
             )
@@ -439,16 +439,13 @@ impl AlertService for Alerts {
                 &r.alert_id,
                 note.clone(),
                 move |a, who, now| {
-                    if a.state == State::Resolved {
-                        return Err(Status::failed_precondition("the alert is already resolved"));
-                    }
                     let resolution = if note.is_empty() {
                         "resolved by a clinician".into()
                     } else {
                         format!("resolved by a clinician: {note}")
                     };
                     a.resolve(Some(who.id), now, resolution);
-                    Ok(EventKind::Resolved)
+                    EventKind::Resolved
                 },
                 "resolve_alert",
             )

@@ -225,10 +225,7 @@ impl Writer {
         let engine = match self.engine {
             Some(engine) => engine,
             None => {
-                let row = conn
-                    .query_one("SELECT engine FROM storage_engine", &[])
-                    .await?;
-                let engine = if row.get::<_, &str>(0) == "timescaledb" {
+                let engine = if super::maintenance::engine(&conn).await? == "timescaledb" {
                     Engine::TimescaleDb
                 } else {
                     Engine::Partitioned

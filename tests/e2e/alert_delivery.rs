@@ -211,6 +211,34 @@ async fn insert_events(db: &tokio_postgres::Client, reg: &Registered, n: i64) {
     .expect("events");
 }
 
+/// Ingest in-process, a registered glucose meter, and a webhook of its team pointing at a
+/// receiver started with `Receiver::start(fail_first, always_fail, delay)`.
+struct Hooked {
+    _db: TestDb,
+    app: TestApp,
+    reg: Registered,
+    client: tokio_postgres::Client,
+    receiver: Receiver,
+    webhook: Uuid,
+}
+
+async fn hooked(fail_first: usize, always_fail: bool, delay: Duration) -> Hooked {
+    let db = TestDb::create().await;
+    let app = TestApp::spawn(settings(&db.url)).await;
+    let reg = register(&db.url, "glucose_meter").await;
+    let client = db.client().await;
+    let receiver = Receiver::start(fail_first, always_fail, delay).await;
+    let webhook = add_webhook(&client, reg.team, &receiver.url).await;
+    Hooked {
+        _db: db,
+        app,
+        reg,
+        client,
+        receiver,
+        webhook,
+    }
+}
+
 /// Runs rounds until no delivery is pending.
 async fn deliver_all(deliverer: &Deliverer, db: &tokio_postgres::Client) {
     eventually("every delivery settled", || async {
@@ -238,12 +266,14 @@ async fn delivery(db: &tokio_postgres::Client, channel: &str) -> (String, i32, O
 
 #[tokio::test]
 async fn an_out_of_range_reading_reaches_the_team_topic_and_a_signed_webhook() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let client = db.client().await;
-    let receiver = Receiver::start(0, false, Duration::ZERO).await;
-    let webhook = add_webhook(&client, reg.team, &receiver.url).await;
+    let Hooked {
+        _db,
+        app,
+        reg,
+        client,
+        receiver,
+        webhook,
+    } = hooked(0, false, Duration::ZERO).await;
     let topic = format!("{}/teams/{}/alerts", app.settings.mqtt.topic_root, reg.team);
     let mut subscriber = MqttDevice::connect(Some(topic)).await;
 
@@ -313,12 +343,14 @@ async fn an_out_of_range_reading_reaches_the_team_topic_and_a_signed_webhook() {
 
 #[tokio::test]
 async fn a_failing_receiver_gets_the_delivery_on_the_third_attempt_with_the_same_key() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let client = db.client().await;
-    let receiver = Receiver::start(2, false, Duration::ZERO).await;
-    add_webhook(&client, reg.team, &receiver.url).await;
+    let Hooked {
+        _db,
+        app,
+        reg,
+        client,
+        receiver,
+        webhook: _,
+    } = hooked(2, false, Duration::ZERO).await;
     raise_hypo(&app, &reg).await;
 
     let deliverer = deliverer(&app.settings, alert_settings());
@@ -348,12 +380,14 @@ async fn a_failing_receiver_gets_the_delivery_on_the_third_attempt_with_the_same
 
 #[tokio::test]
 async fn a_receiver_that_always_fails_is_dead_lettered_after_the_last_attempt() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let client = db.client().await;
-    let receiver = Receiver::start(0, true, Duration::ZERO).await;
-    add_webhook(&client, reg.team, &receiver.url).await;
+    let Hooked {
+        _db,
+        app,
+        reg,
+        client,
+        receiver,
+        webhook: _,
+    } = hooked(0, true, Duration::ZERO).await;
     raise_hypo(&app, &reg).await;
 
     let deliverer = deliverer(
@@ -392,12 +426,14 @@ async fn a_receiver_that_always_fails_is_dead_lettered_after_the_last_attempt() 
 #[tokio::test]
 async fn two_workers_claim_disjoint_deliveries() {
     const EVENTS: i64 = 60;
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let client = db.client().await;
-    let receiver = Receiver::start(0, false, Duration::from_millis(20)).await;
-    let webhook = add_webhook(&client, reg.team, &receiver.url).await;
+    let Hooked {
+        _db,
+        app,
+        reg,
+        client,
+        receiver,
+        webhook,
+    } = hooked(0, false, Duration::from_millis(20)).await;
     insert_events(&client, &reg, EVENTS).await;
 
     let small_rounds = AlertSettings {
@@ -505,12 +541,14 @@ async fn the_publisher_reconnects_after_the_broker_drops_it() {
 
 #[tokio::test]
 async fn a_webhook_disabled_after_queueing_is_dead_lettered_without_a_request() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let client = db.client().await;
-    let receiver = Receiver::start(0, false, Duration::ZERO).await;
-    let webhook = add_webhook(&client, reg.team, &receiver.url).await;
+    let Hooked {
+        _db,
+        app,
+        reg,
+        client,
+        receiver,
+        webhook,
+    } = hooked(0, false, Duration::ZERO).await;
     insert_events(&client, &reg, 1).await;
     client
         .execute(
@@ -535,12 +573,14 @@ async fn a_webhook_disabled_after_queueing_is_dead_lettered_without_a_request() 
 /// the clinician's stream still shows the alert once.
 #[tokio::test]
 async fn a_worker_killed_mid_delivery_loses_nothing_and_duplicates_nothing_visible() {
-    let db = TestDb::create().await;
-    let app = TestApp::spawn(settings(&db.url)).await;
-    let reg = register(&db.url, "glucose_meter").await;
-    let client = db.client().await;
-    let receiver = Receiver::start(0, false, Duration::from_secs(3)).await;
-    add_webhook(&client, reg.team, &receiver.url).await;
+    let Hooked {
+        _db,
+        app,
+        reg,
+        client,
+        receiver,
+        webhook: _,
+    } = hooked(0, false, Duration::from_secs(3)).await;
     let fast = [
         ("VIGIL_ALERTS__POLL_INTERVAL_MS", "100".to_string()),
         (

@@ -37,6 +37,21 @@ fn times(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// `n` distinct readings in requests of `size`.
+fn batches(n: usize, size: usize) -> Vec<SubmitReadingsRequest> {
+    times(n)
+        .chunks(size)
+        .map(|chunk| SubmitReadingsRequest {
+            readings: chunk
+                .iter()
+                .enumerate()
+                .map(|(i, t)| reading(t, i))
+                .collect(),
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn reading(at: &str, i: usize) -> Reading {
     glucose_pb(at, 4.0 + (i % 80) as f64 / 10.0, "mmol/L")
 }
@@ -91,18 +106,7 @@ async fn main() {
 
     for (batch, concurrency) in [(500, 4), (100, 8)] {
         let (patient, _, token) = device(&db.url).await;
-        let at = times(n);
-        let requests: Vec<SubmitReadingsRequest> = at
-            .chunks(batch)
-            .map(|chunk| SubmitReadingsRequest {
-                readings: chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| reading(t, i))
-                    .collect(),
-                ..Default::default()
-            })
-            .collect();
+        let requests = batches(n, batch);
         let grpc = app.grpc().await;
         let start = Instant::now();
         stream::iter(requests)
@@ -135,18 +139,7 @@ async fn main() {
 
     {
         let (patient, _, token) = device(&db.url).await;
-        let at = times(n);
-        let batches: Vec<SubmitReadingsRequest> = at
-            .chunks(500)
-            .map(|chunk| SubmitReadingsRequest {
-                readings: chunk
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| reading(t, i))
-                    .collect(),
-                ..Default::default()
-            })
-            .collect();
+        let batches = batches(n, 500);
         let mut grpc = app.grpc().await;
         let start = Instant::now();
         let mut request = Request::new(stream::iter(batches));

@@ -37,6 +37,28 @@ impl From<pb::Reading> for RawReading {
     }
 }
 
+/// The inverse mapping, for clients built on this crate (`vigil simulate`, `vigil bench`).
+impl From<RawReading> for pb::Reading {
+    fn from(r: RawReading) -> Self {
+        Self {
+            id: r.id.unwrap_or_default(),
+            r#type: r.kind,
+            measured_at: r.measured_at,
+            systolic: r.systolic,
+            diastolic: r.diastolic,
+            pulse: r.pulse,
+            value: r.value,
+            unit: r.unit.unwrap_or_default(),
+            specimen: r.specimen.unwrap_or_default(),
+            meal: r.meal.unwrap_or_default(),
+            range: r.range.unwrap_or_default(),
+            posture: r.posture.unwrap_or_default(),
+            arm: r.arm.unwrap_or_default(),
+            flags: r.flags,
+        }
+    }
+}
+
 pub fn item(reading: pb::Reading, ctx: &Context<'_>) -> Item {
     let raw = RawReading::from(reading);
     match validate(&raw, ctx) {
@@ -74,5 +96,28 @@ pub fn result(index: usize, outcome: &Outcome) -> pb::ReadingResult {
         status: status as i32,
         reason,
         message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_reading_survives_a_round_trip_through_protobuf() {
+        let raw = RawReading {
+            id: Some("661b33c5-4e24-5411-9612-bb2e50535bc2".into()),
+            kind: "blood_pressure".into(),
+            measured_at: "2026-11-22T07:30:00+01:00".into(),
+            systolic: Some(152.0),
+            diastolic: Some(94.0),
+            pulse: Some(71.0),
+            unit: Some("mm[Hg]".into()),
+            posture: Some("sitting".into()),
+            arm: Some("left".into()),
+            flags: vec!["irregular_pulse".into()],
+            ..Default::default()
+        };
+        assert_eq!(RawReading::from(pb::Reading::from(raw.clone())), raw);
     }
 }

@@ -7,6 +7,7 @@ pub mod maintenance;
 pub mod migrate;
 pub mod pool;
 pub mod quarantine;
+pub mod rows;
 pub mod writer;
 
 pub use error::StoreError;

@@ -9,7 +9,11 @@ use vigil_ingest::{
     telemetry,
 };
 
-use crate::admin::{self, AdminCommand};
+use crate::{
+    admin::{self, AdminCommand},
+    bench::{self, BenchArgs},
+    simulate::{self, SimulateArgs},
+};
 
 /// Remote monitoring of people with hypertension and diabetes.
 #[derive(Debug, Parser)]
@@ -40,6 +44,17 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Enrol synthetic patients and send their readings over MQTT or gRPC (see docs/simulator.md).
+    Simulate {
+        /// Print machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: SimulateArgs,
+    },
+    /// Measure storage, broker and service throughput, a sustained burst, alert latency and
+    /// memory in one run on this machine (see docs/benchmarks.md).
+    Bench(BenchArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -63,6 +78,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::alerts_app::run(settings, shutdown).await
         }
         Command::Admin { json, command } => admin::run(&settings, command, json).await,
+        Command::Simulate { json, args } => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            simulate::run(&settings, args, json, shutdown).await
+        }
+        Command::Bench(args) => {
+            telemetry::init(&settings.log);
+            bench::run(cli.config.as_deref(), &settings, args).await
+        }
     }
 }
 

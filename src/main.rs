@@ -2,7 +2,9 @@
 
 mod admin;
 mod alerts_app;
+mod bench;
 mod cli;
+mod simulate;
 
 use std::process::ExitCode;
 

@@ -191,7 +191,7 @@ impl Change {
             reading.measured_at,
             now,
         );
-        alert.detail = json!({ "worst_badness": f64::MIN });
+        alert.detail = json!({});
         alert.breach_count = 0;
         alert.retrospective = reading.late;
         Self {
@@ -211,7 +211,7 @@ impl Change {
         a.rule_version.clone_from(&breach.rule_version);
         a.updated_at = now;
         a.first_breach_at = a.first_breach_at.min(reading.measured_at);
-        let snapshot = json!({ "reading_key": reading.key, "measured_at": reading.measured_at.to_string(),
+        let snapshot = json!({ "reading_key": reading.key, "measured_at": rfc3339(reading.measured_at),
                                "severity": breach.severity, "title": breach.title, "detail": breach.detail });
         let worst = a
             .detail
@@ -283,4 +283,9 @@ impl Change {
             Some(EventKind::Updated)
         }
     }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }

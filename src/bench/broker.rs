@@ -100,9 +100,12 @@ impl Publisher {
                 .await
                 .context("MQTT publish")?;
         }
-        tokio::time::timeout(Duration::from_secs(600), self.acked.wait_for(|n| *n >= target))
-            .await
-            .context("the broker did not acknowledge every message")??;
+        tokio::time::timeout(
+            Duration::from_secs(600),
+            self.acked.wait_for(|n| *n >= target),
+        )
+        .await
+        .context("the broker did not acknowledge every message")??;
         Ok(())
     }
 }
@@ -114,8 +117,10 @@ pub async fn ceiling(
     messages: &[(String, Bytes)],
 ) -> anyhow::Result<f64> {
     let filter = format!("bench/{tag}/ceiling/#");
-    let (client, eventloop) =
-        AsyncClient::new(options(mqtt, format!("bench-{tag}-sub")), usize::from(INFLIGHT));
+    let (client, eventloop) = AsyncClient::new(
+        options(mqtt, format!("bench-{tag}-sub")),
+        usize::from(INFLIGHT),
+    );
     let (received_tx, mut received) = watch::channel(0u64);
     let (subscribed_tx, subscribed) = watch::channel(false);
     let stop = CancellationToken::new();
@@ -147,7 +152,10 @@ pub async fn ceiling(
         .await
         .is_err()
     {
-        bail!("the bare subscriber received {} of {n} messages", *received.borrow());
+        bail!(
+            "the bare subscriber received {} of {n} messages",
+            *received.borrow()
+        );
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }

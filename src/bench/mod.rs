@@ -82,7 +82,11 @@ const COHORT_DAYS: i64 = 2;
 const BURST_DAYS: i64 = 14;
 const BURST_IN_FLIGHT: usize = 64;
 
-pub async fn run(config: Option<&Path>, settings: &Settings, args: BenchArgs) -> anyhow::Result<()> {
+pub async fn run(
+    config: Option<&Path>,
+    settings: &Settings,
+    args: BenchArgs,
+) -> anyhow::Result<()> {
     let begun = Instant::now();
     let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
     let mut bench = settings.clone();
@@ -93,7 +97,10 @@ pub async fn run(config: Option<&Path>, settings: &Settings, args: BenchArgs) ->
 
     store::pool::create_database_if_missing(&bench.database.url).await?;
     let pool = store::pool::build(&bench.database)?;
-    let mut db = pool.get().await.context("connecting to the bench database")?;
+    let mut db = pool
+        .get()
+        .await
+        .context("connecting to the bench database")?;
     migrate::run(&mut db, bench.storage.timescaledb).await?;
     maintenance::apply_policies(&db, &bench.storage).await?;
     let result = measure(config, &bench, &args, &tag, &mut db).await;
@@ -143,21 +150,45 @@ async fn measure(
     drop(readings);
 
     println!("gRPC unary");
-    let (unary_cohort, work) = enrolled_work(db, &format!("bench unary {tag}"), &profiles, args.seed, from, to).await?;
+    let (unary_cohort, work) = enrolled_work(
+        db,
+        &format!("bench unary {tag}"),
+        &profiles,
+        args.seed,
+        from,
+        to,
+    )
+    .await?;
     let grpc_unary = timed(&unary_cohort, db, n, async {
         load::unary(&grpc, work, &Tally::default()).await
     })
     .await?;
 
     println!("gRPC stream");
-    let (stream_cohort, work) = enrolled_work(db, &format!("bench stream {tag}"), &profiles, args.seed, from, to).await?;
+    let (stream_cohort, work) = enrolled_work(
+        db,
+        &format!("bench stream {tag}"),
+        &profiles,
+        args.seed,
+        from,
+        to,
+    )
+    .await?;
     let grpc_stream = timed(&stream_cohort, db, n, async {
         load::streamed(&grpc, work, &Tally::default()).await
     })
     .await?;
 
     println!("MQTT: broker ceiling, then through the service");
-    let (mqtt_cohort, work) = enrolled_work(db, &format!("bench mqtt {tag}"), &profiles, args.seed, from, to).await?;
+    let (mqtt_cohort, work) = enrolled_work(
+        db,
+        &format!("bench mqtt {tag}"),
+        &profiles,
+        args.seed,
+        from,
+        to,
+    )
+    .await?;
     let messages = mqtt_messages(&bench.mqtt.topic_root, &work)?;
     let broker_ceiling = broker::ceiling(&bench.mqtt, tag, &messages).await?;
     let mut publisher = broker::Publisher::connect(&bench.mqtt, format!("bench-{tag}-pub")).await?;
@@ -167,8 +198,19 @@ async fn measure(
     .await?;
     drop(messages);
 
-    println!("burst: {:.0} readings/s for {} s", args.burst_rate, args.burst_secs);
-    let burst = burst(db, &grpc, args, tag, args.burst_rate, Duration::from_secs(args.burst_secs)).await?;
+    println!(
+        "burst: {:.0} readings/s for {} s",
+        args.burst_rate, args.burst_secs
+    );
+    let burst = burst(
+        db,
+        &grpc,
+        args,
+        tag,
+        args.burst_rate,
+        Duration::from_secs(args.burst_secs),
+    )
+    .await?;
 
     let half = grpc_unary.max(grpc_stream) / 2.0;
     println!("alert latency at {half:.0} readings/s");
@@ -207,7 +249,10 @@ fn scratch_url(url: &str, name: &str) -> anyhow::Result<String> {
     let (server, rest) = url
         .rsplit_once('/')
         .context("the database URL has no database name")?;
-    let query = rest.split_once('?').map(|(_, q)| format!("?{q}")).unwrap_or_default();
+    let query = rest
+        .split_once('?')
+        .map(|(_, q)| format!("?{q}"))
+        .unwrap_or_default();
     Ok(format!("{server}/{name}{query}"))
 }
 
@@ -217,7 +262,8 @@ async fn drop_database(admin_url: &str, scratch: &str) -> anyhow::Result<()> {
         .map(|(_, n)| n.split('?').next().unwrap_or(n))
         .context("scratch database name")?;
     let maintenance_url = scratch_url(admin_url, "postgres")?;
-    let (client, connection) = tokio_postgres::connect(&maintenance_url, tokio_postgres::NoTls).await?;
+    let (client, connection) =
+        tokio_postgres::connect(&maintenance_url, tokio_postgres::NoTls).await?;
     tokio::spawn(connection);
     client
         .batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
@@ -247,7 +293,10 @@ fn cohort_of(seed: u64, n: usize, from: OffsetDateTime, to: OffsetDateTime) -> V
 }
 
 fn count(profiles: &[Profile], seed: u64, from: OffsetDateTime, to: OffsetDateTime) -> usize {
-    profiles.iter().map(|p| p.readings(seed, from, to).len()).sum()
+    profiles
+        .iter()
+        .map(|p| p.readings(seed, from, to).len())
+        .sum()
 }
 
 /// The cohort's readings through the service's own validation, as from unregistered
@@ -271,7 +320,10 @@ fn validated(
                 received_at,
                 rules: &rules,
             };
-            out.push(validate(&raw, &ctx).map_err(|r| anyhow::anyhow!("{}: {}", r.reason.code(), r.message))?);
+            out.push(
+                validate(&raw, &ctx)
+                    .map_err(|r| anyhow::anyhow!("{}: {}", r.reason.code(), r.message))?,
+            );
         }
     }
     Ok(out)
@@ -288,7 +340,11 @@ async fn enrolled_work(
     let (_, cohort) = enrol::enrol(db, team, profiles.to_vec(), from).await?;
     let mut work = Vec::new();
     for patient in &cohort {
-        for (device, readings) in patient.devices.iter().zip(patient.readings(seed, from, to)?) {
+        for (device, readings) in patient
+            .devices
+            .iter()
+            .zip(patient.readings(seed, from, to)?)
+        {
             if !readings.is_empty() {
                 work.push((device.clone(), readings));
             }
@@ -394,7 +450,10 @@ fn catch_up_uploads(
                         (r, at)
                     }) {
                         if at >= hour_start + time::Duration::hours(1) && !hour.is_empty() {
-                            if tx.blocking_send((device.clone(), std::mem::take(&mut hour))).is_err() {
+                            if tx
+                                .blocking_send((device.clone(), std::mem::take(&mut hour)))
+                                .is_err()
+                            {
                                 return;
                             }
                             hour_start = at;
@@ -420,14 +479,26 @@ async fn burst(
     duration: Duration,
 ) -> anyhow::Result<Burst> {
     let end = whole_second(OffsetDateTime::now_utc()) - time::Duration::hours(1);
-    let profiles = cgm_cohort(args.seed.wrapping_add(1), rate * duration.as_secs_f64() * 1.2);
+    let profiles = cgm_cohort(
+        args.seed.wrapping_add(1),
+        rate * duration.as_secs_f64() * 1.2,
+    );
     let since = end - time::Duration::days(BURST_DAYS);
     let (_, cohort) = enrol::enrol(db, &format!("bench burst {tag}"), profiles, since).await?;
     let cohort = Arc::new(cohort);
     let uploads = catch_up_uploads(cohort.clone(), args.seed.wrapping_add(1), end);
     let tally = Arc::new(Tally::default());
     let bar = ProgressBar::new((rate * duration.as_secs_f64()) as u64);
-    let load = load::paced(grpc, uploads, rate, duration, BURST_IN_FLIGHT, tally.clone(), &bar).await?;
+    let load = load::paced(
+        grpc,
+        uploads,
+        rate,
+        duration,
+        BURST_IN_FLIGHT,
+        tally.clone(),
+        &bar,
+    )
+    .await?;
     bar.finish_and_clear();
     let stored = stored(db, &cohort).await?;
     let devices: Vec<Uuid> = cohort
@@ -463,7 +534,8 @@ async fn latency_under_load(
     let team_id = store::admin::add_team(db, &team).await?;
     let (patient, _) = store::admin::add_patient(db, &team, None, None).await?;
     let since = OffsetDateTime::now_utc() - time::Duration::days(1);
-    let device = store::admin::add_device(db, Uuid::new_v4(), patient, "glucose_meter", None, since).await?;
+    let device =
+        store::admin::add_device(db, Uuid::new_v4(), patient, "glucose_meter", None, since).await?;
     let probe = Credentials {
         device_id: device.id,
         token: device.token,
@@ -475,7 +547,13 @@ async fn latency_under_load(
 
     let end = whole_second(OffsetDateTime::now_utc()) - time::Duration::hours(1);
     let profiles = cgm_cohort(args.seed.wrapping_add(2), rate * 120.0);
-    let (_, cohort) = enrol::enrol(db, &format!("bench background {tag}"), profiles, end - time::Duration::days(BURST_DAYS)).await?;
+    let (_, cohort) = enrol::enrol(
+        db,
+        &format!("bench background {tag}"),
+        profiles,
+        end - time::Duration::days(BURST_DAYS),
+    )
+    .await?;
     let uploads = catch_up_uploads(Arc::new(cohort), args.seed.wrapping_add(2), end);
     let background = {
         let grpc = grpc.clone();
@@ -495,16 +573,35 @@ async fn latency_under_load(
                     }
                 }
             });
-            let result = load::paced(&grpc, rx, rate, Duration::from_secs(600), BURST_IN_FLIGHT, Arc::new(Tally::default()), &ProgressBar::hidden()).await;
+            let result = load::paced(
+                &grpc,
+                rx,
+                rate,
+                Duration::from_secs(600),
+                BURST_IN_FLIGHT,
+                Arc::new(Tally::default()),
+                &ProgressBar::hidden(),
+            )
+            .await;
             forward.abort();
             result
         });
         (guard, task)
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let latency = load::alert_latency(grpc, &mut api, &probe, &clinician.token, args.latency_samples).await;
+    let latency = load::alert_latency(
+        grpc,
+        &mut api,
+        &probe,
+        &clinician.token,
+        args.latency_samples,
+    )
+    .await;
     background.0.cancel();
     let load = background.1.await??;
-    println!("  background load held {:.0} readings/s during the probe", load.achieved_per_sec);
+    println!(
+        "  background load held {:.0} readings/s during the probe",
+        load.achieved_per_sec
+    );
     latency
 }

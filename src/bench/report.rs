@@ -32,7 +32,13 @@ impl Machine {
         let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
         let memory_kib: f64 = meminfo
             .lines()
-            .find_map(|l| l.strip_prefix("MemTotal:")?.split_whitespace().next()?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix("MemTotal:")?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0.0);
         let postgres: String = db.query_one("SHOW server_version", &[]).await?.get(0);
         Ok(Self {
@@ -147,17 +153,35 @@ impl Report {
             );
         }
         let row = |name: &str, value: String| println!("{name:<40} {value}");
-        row("gRPC unary", format!("{:.0} readings/s", self.grpc_unary_per_sec));
-        row("gRPC stream", format!("{:.0} readings/s", self.grpc_stream_per_sec));
-        row("broker ceiling (bare subscriber)", format!("{:.0} readings/s", self.broker_ceiling_per_sec));
-        row("MQTT through the service", format!("{:.0} readings/s", self.mqtt_per_sec));
+        row(
+            "gRPC unary",
+            format!("{:.0} readings/s", self.grpc_unary_per_sec),
+        );
+        row(
+            "gRPC stream",
+            format!("{:.0} readings/s", self.grpc_stream_per_sec),
+        );
+        row(
+            "broker ceiling (bare subscriber)",
+            format!("{:.0} readings/s", self.broker_ceiling_per_sec),
+        );
+        row(
+            "MQTT through the service",
+            format!("{:.0} readings/s", self.mqtt_per_sec),
+        );
         let b = &self.burst;
         row(
             "burst",
             format!(
                 "target {:.0}/s for {:.0} s: achieved {:.0}/s, backlog {} at the end, sent {}, stored {}, quarantined {}, lost {}",
-                b.load.target_per_sec, b.load.seconds, b.load.achieved_per_sec, b.load.backlog,
-                b.load.sent, b.stored, b.quarantined, b.lost
+                b.load.target_per_sec,
+                b.load.seconds,
+                b.load.achieved_per_sec,
+                b.load.backlog,
+                b.load.sent,
+                b.stored,
+                b.quarantined,
+                b.lost
             ),
         );
         let l = &self.alert_latency;
@@ -217,15 +241,36 @@ impl Report {
                 s.name, s.batch, s.per_sec
             )?;
         }
-        writeln!(file, "| gRPC unary (500/call, 4 in flight) | {:.0} readings/s |", self.grpc_unary_per_sec)?;
-        writeln!(file, "| gRPC stream (500/batch, 4 streams) | {:.0} readings/s |", self.grpc_stream_per_sec)?;
-        writeln!(file, "| broker ceiling, QoS 1, one reading per message | {:.0} readings/s |", self.broker_ceiling_per_sec)?;
-        writeln!(file, "| MQTT through the service, same messages | {:.0} readings/s |", self.mqtt_per_sec)?;
+        writeln!(
+            file,
+            "| gRPC unary (500/call, 4 in flight) | {:.0} readings/s |",
+            self.grpc_unary_per_sec
+        )?;
+        writeln!(
+            file,
+            "| gRPC stream (500/batch, 4 streams) | {:.0} readings/s |",
+            self.grpc_stream_per_sec
+        )?;
+        writeln!(
+            file,
+            "| broker ceiling, QoS 1, one reading per message | {:.0} readings/s |",
+            self.broker_ceiling_per_sec
+        )?;
+        writeln!(
+            file,
+            "| MQTT through the service, same messages | {:.0} readings/s |",
+            self.mqtt_per_sec
+        )?;
         let b = &self.burst;
         writeln!(
             file,
             "| burst: target {:.0}/s for {:.0} s | achieved {:.0}/s, backlog {}, sent {}, lost {} |",
-            b.load.target_per_sec, b.load.seconds, b.load.achieved_per_sec, b.load.backlog, b.load.sent, b.lost
+            b.load.target_per_sec,
+            b.load.seconds,
+            b.load.achieved_per_sec,
+            b.load.backlog,
+            b.load.sent,
+            b.lost
         )?;
         let l = &self.alert_latency;
         writeln!(
@@ -238,7 +283,10 @@ impl Report {
             "| peak RSS | ingest {:.0} MiB, alerts {:.0} MiB |\n",
             self.ingest_peak_rss_mib, self.alerts_peak_rss_mib
         )?;
-        writeln!(file, "| target | measured | goal | |\n| --- | --- | --- | --- |")?;
+        writeln!(
+            file,
+            "| target | measured | goal | |\n| --- | --- | --- | --- |"
+        )?;
         for t in &self.targets {
             writeln!(
                 file,

@@ -70,12 +70,39 @@ pub async fn ceiling(client: &mut Client, readings: &[Reading]) -> anyhow::Resul
     let mut methods = Vec::new();
     for batch in [2000, 5000] {
         truncate(client).await?;
-        methods.push(measure("unnest + ON CONFLICT", true, batch, rows.len(), unnest(client, &rows, batch)).await?);
+        methods.push(
+            measure(
+                "unnest + ON CONFLICT",
+                true,
+                batch,
+                rows.len(),
+                unnest(client, &rows, batch),
+            )
+            .await?,
+        );
     }
     truncate(client).await?;
-    methods.push(measure("COPY to staging + INSERT ON CONFLICT", true, 5000, rows.len(), staged_copy(client, &rows, 5000)).await?);
+    methods.push(
+        measure(
+            "COPY to staging + INSERT ON CONFLICT",
+            true,
+            5000,
+            rows.len(),
+            staged_copy(client, &rows, 5000),
+        )
+        .await?,
+    );
     truncate(client).await?;
-    methods.push(measure("plain binary COPY (not idempotent)", false, 5000, rows.len(), plain_copy(client, &rows, 5000)).await?);
+    methods.push(
+        measure(
+            "plain binary COPY (not idempotent)",
+            false,
+            5000,
+            rows.len(),
+            plain_copy(client, &rows, 5000),
+        )
+        .await?,
+    );
     truncate(client).await?;
     Ok(methods)
 }
@@ -96,7 +123,8 @@ async fn measure(
     work: impl Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<Method> {
     let started = Instant::now();
-    work.await.with_context(|| format!("storage ceiling: {name}"))?;
+    work.await
+        .with_context(|| format!("storage ceiling: {name}"))?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(Method {
         name: name.to_string(),
@@ -161,7 +189,9 @@ async fn copy_rows(
     rows: &[(&Reading, Uuid, Uuid)],
 ) -> anyhow::Result<()> {
     let sink = tx
-        .copy_in(&format!("COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"))
+        .copy_in(&format!(
+            "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
+        ))
         .await?;
     let writer = BinaryCopyInWriter::new(sink, &TYPES);
     pin_mut!(writer);

@@ -75,7 +75,8 @@ pub async fn run(
     if args.demo {
         script_demo(&mut profiles, started);
     }
-    let since = started - time::Duration::days(i64::from(args.backfill_days)) - time::Duration::hours(1);
+    let since =
+        started - time::Duration::days(i64::from(args.backfill_days)) - time::Duration::hours(1);
 
     let pool = store::pool::build(&settings.database)?;
     let mut client = pool.get().await.context("connecting to the database")?;
@@ -114,7 +115,10 @@ pub async fn run(
             .await?;
         let n = fleet.tally.answered() - before;
         let secs = begun.elapsed().as_secs_f64();
-        println!("burst: {n} readings answered in {secs:.1} s ({:.0} readings/s)", n as f64 / secs);
+        println!(
+            "burst: {n} readings answered in {secs:.1} s ({:.0} readings/s)",
+            n as f64 / secs
+        );
     }
     if args.live {
         live(&mut fleet, &args, started, shutdown).await?;

@@ -88,6 +88,10 @@ pub enum Specimen {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[expect(
+    clippy::enum_variant_names,
+    reason = "the contract's own words: before_meal, after_meal"
+)]
 pub enum Meal {
     Fasting,
     BeforeMeal,
@@ -129,7 +133,7 @@ pub enum Measurement {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SimReading {
     /// Index into [`Profile::devices`].
     pub device: usize,
@@ -902,7 +906,7 @@ mod tests {
         readings
             .iter()
             .filter(|r| p.devices[r.device].kind == kind)
-            .copied()
+            .cloned()
             .collect()
     }
 

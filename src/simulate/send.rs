@@ -245,9 +245,7 @@ pub async fn submit(
             .await
         {
             Ok(response) => return Ok(response.into_inner()),
-            Err(status)
-                if matches!(status.code(), Code::ResourceExhausted | Code::Unavailable) =>
-            {
+            Err(status) if matches!(status.code(), Code::ResourceExhausted | Code::Unavailable) => {
                 let hint = status
                     .metadata()
                     .get("retry-after-ms")

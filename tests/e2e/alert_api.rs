@@ -522,3 +522,58 @@ async fn watchers_receive_events_in_commit_order_without_gaps() {
     worker.terminate().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_lo_reading_raises_an_alert_clinicians_can_read() {
+    let Fixture {
+        db: _db,
+        app,
+        reg,
+        token,
+        worker,
+        mut api,
+    } = fixture("cgm", &[]).await;
+    let mut events = watch(&mut api, &token, None).await;
+    let mut lo = glucose_pb(&now_rfc3339(-60), 2.2, "mmol/L");
+    lo.range = "low".into();
+    lo.specimen = "interstitial".into();
+    let request = SubmitReadingsRequest {
+        readings: vec![lo],
+        ..Default::default()
+    };
+    app.grpc()
+        .await
+        .submit_readings(with_token(request, &reg.token))
+        .await
+        .expect("stored");
+    let alert = loop {
+        let alert = next(&mut events).await.alert.expect("the alert");
+        if alert.rule_id == "glucose.low" {
+            break alert;
+        }
+    };
+    assert_eq!(alert.severity, "red");
+    let listed = api
+        .list_alerts(with_token(ListAlertsRequest::default(), &token))
+        .await
+        .expect("the alert list reads the LO alert's details")
+        .into_inner();
+    let listed = listed
+        .alerts
+        .iter()
+        .find(|a| a.id == alert.id)
+        .expect("the LO alert is listed");
+    let detail: serde_json::Value =
+        serde_json::from_str(&listed.detail_json).expect("detail is JSON");
+    assert_eq!(detail["latest"]["detail"]["range"], "low");
+    assert!(
+        time::OffsetDateTime::parse(
+            detail["latest"]["measured_at"].as_str().expect("a time"),
+            &time::format_description::well_known::Rfc3339
+        )
+        .is_ok(),
+        "{detail}"
+    );
+    worker.terminate().await;
+    app.stop().await;
+}

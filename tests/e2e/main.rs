@@ -22,3 +22,4 @@ mod grpc_api;
 mod migrations;
 mod mqtt_ingest;
 mod quarantine_replay;
+mod simulator;

@@ -9,6 +9,11 @@ use super::{
     BP_HIGH, BP_LOW, Breach, GLUCOSE_HIGH, GLUCOSE_LOW, KETONES_HIGH, Rule, Severity, Thresholds,
 };
 
+/// Badness of a LO/HI reading: worse than any measured value, and finite and modest so it
+/// survives a round trip through `jsonb` (PostgreSQL prints `f64::MAX` as a 309-digit
+/// integer, which JSON readers refuse).
+const OUT_OF_RANGE_BADNESS: f64 = 1.0e6;
+
 /// What the rules need from a stored reading.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
@@ -191,7 +196,7 @@ fn glucose(obs: &Observation, t: &Thresholds) -> Vec<Breach> {
                 &GLUCOSE_LOW,
                 Severity::Red,
                 "Glucose below the meter's measuring range (LO)".into(),
-                f64::MAX,
+                OUT_OF_RANGE_BADNESS,
                 json!({ "range": "low", "bound": obs.original_value, "unit": obs.original_unit,
                         "thresholds": thresholds,
                         "guidance": "A LO result is a potential emergency: contact the patient now." }),
@@ -202,7 +207,7 @@ fn glucose(obs: &Observation, t: &Thresholds) -> Vec<Breach> {
                 &GLUCOSE_HIGH,
                 Severity::Amber,
                 "Glucose above the meter's measuring range (HI)".into(),
-                f64::MAX,
+                OUT_OF_RANGE_BADNESS,
                 json!({ "range": "high", "bound": obs.original_value, "unit": obs.original_unit,
                         "thresholds": thresholds,
                         "guidance": "Ask the patient to check blood ketones and follow sick-day rules." }),
@@ -259,7 +264,7 @@ fn ketones(obs: &Observation, t: &Thresholds) -> Option<Breach> {
             &KETONES_HIGH,
             Severity::Red,
             "Blood ketones above the meter's measuring range (HI)".into(),
-            f64::MAX,
+            OUT_OF_RANGE_BADNESS,
             json!({ "range": "high", "unit": "mmol/L", "thresholds": thresholds,
                     "guidance": "Risk of diabetic ketoacidosis: urgent assessment." }),
         ));

@@ -93,6 +93,16 @@ pub async fn apply(
     let mut ids: Vec<Uuid> = relevant.iter().map(|r| r.patient_id).collect();
     ids.sort();
     ids.dedup();
+    // Transactions that touch the same patient's alerts (concurrent batches, or several
+    // ingest instances) take turns, so neither opens an alert the other is opening. Locks
+    // are taken in key order, so two transactions cannot wait for each other.
+    db.execute(
+        "SELECT pg_advisory_xact_lock(k) FROM (
+             SELECT DISTINCT hashtextextended('vigil-alerts-' || p::text, 0) AS k
+             FROM unnest($1::uuid[]) AS p ORDER BY k) AS keys",
+        &[&ids],
+    )
+    .await?;
     let settings = patients(db, &ids).await?;
     let rule_ids: Vec<&str> = PER_READING_RULES.to_vec();
     let active = db

@@ -172,6 +172,9 @@ pub struct BatchSettings {
     pub queue_capacity: usize,
     /// Upper bound of the retry backoff while the database is unreachable.
     pub max_retry_backoff_ms: u64,
+    /// Batches written at once, each on its own connection and transaction, so one batch's
+    /// COMMIT overlaps the next one's inserts.
+    pub max_in_flight: usize,
 }
 
 impl Default for BatchSettings {
@@ -181,6 +184,7 @@ impl Default for BatchSettings {
             linger_ms: 10,
             queue_capacity: 1024,
             max_retry_backoff_ms: 5000,
+            max_in_flight: 2,
         }
     }
 }
@@ -355,6 +359,12 @@ impl Settings {
         }
         if self.batch.max_readings == 0 {
             return Err(invalid("batch.max_readings", "must be at least 1"));
+        }
+        if self.batch.max_in_flight == 0 || self.batch.max_in_flight > self.database.pool_size {
+            return Err(invalid(
+                "batch.max_in_flight",
+                "must be between 1 and database.pool_size",
+            ));
         }
         if self.batch.queue_capacity == 0 {
             return Err(invalid("batch.queue_capacity", "must be at least 1"));

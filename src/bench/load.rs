@@ -23,7 +23,7 @@ use vigil_proto::v1::{
 use crate::simulate::send::{self, BATCH, Credentials, Tally};
 
 /// gRPC requests in flight at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 32;
 
 pub type Work = Vec<(Credentials, Vec<RawReading>)>;
 

@@ -243,12 +243,12 @@ impl Report {
         }
         writeln!(
             file,
-            "| gRPC unary (500/call, 4 in flight) | {:.0} readings/s |",
+            "| gRPC unary (500/call, 32 in flight) | {:.0} readings/s |",
             self.grpc_unary_per_sec
         )?;
         writeln!(
             file,
-            "| gRPC stream (500/batch, 4 streams) | {:.0} readings/s |",
+            "| gRPC stream (500/batch, 32 streams) | {:.0} readings/s |",
             self.grpc_stream_per_sec
         )?;
         writeln!(

@@ -9,12 +9,16 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    sync::{Mutex, OnceCell, mpsc, oneshot},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use uuid::Uuid;
@@ -94,15 +98,24 @@ enum Engine {
 }
 
 pub struct Writer {
-    pool: Pool,
     rx: mpsc::Receiver<Request>,
     batch: BatchSettings,
-    quarantine: QuarantineSettings,
-    health: Health,
-    engine: Option<Engine>,
-    partitions: HashSet<(i32, u8)>,
+    store: Store,
     /// Cancelled when intake stops: commit what arrives without lingering.
     drain: CancellationToken,
+}
+
+/// What a batch write needs, shared by the batches in flight.
+#[derive(Clone)]
+struct Store {
+    pool: Pool,
+    quarantine: QuarantineSettings,
+    max_retry_backoff: Duration,
+    health: Health,
+    engine: Arc<OnceCell<Engine>>,
+    /// Months whose partition is known to exist; the lock also keeps two batches from
+    /// creating the same partition at once.
+    partitions: Arc<Mutex<HashSet<(i32, u8)>>>,
     /// Cancelled when the shutdown grace period is over: stop retrying and give up.
     abandon: CancellationToken,
 }
@@ -125,26 +138,44 @@ pub fn channel(
     (
         WriterHandle { tx },
         Writer {
-            pool,
             rx,
+            store: Store {
+                pool,
+                quarantine,
+                max_retry_backoff: Duration::from_millis(batch.max_retry_backoff_ms),
+                health,
+                engine: Arc::new(OnceCell::new()),
+                partitions: Arc::new(Mutex::new(HashSet::new())),
+                abandon: shutdown.abandon,
+            },
             batch,
-            quarantine,
-            health,
-            engine: None,
-            partitions: HashSet::new(),
             drain: shutdown.drain,
-            abandon: shutdown.abandon,
         },
     )
 }
 
 impl Writer {
     /// Runs until every [`WriterHandle`] is dropped and the queue is drained.
+    ///
+    /// Batches are collected one after another, and up to `batch.max_in_flight` of them are
+    /// written at once on separate connections: while one waits for its COMMIT to reach the
+    /// disk, the next is already being inserted. Each submission gets its own reply, so the
+    /// order batches commit in does not matter to the front-ends (MQTT acknowledges in
+    /// arrival order by itself).
     pub async fn run(mut self) {
-        while let Some(first) = self.rx.recv().await {
+        let mut in_flight = JoinSet::new();
+        loop {
+            while in_flight.len() >= self.batch.max_in_flight {
+                in_flight.join_next().await;
+            }
+            let Some(first) = self.rx.recv().await else {
+                break;
+            };
             let batch = self.collect(first).await;
-            self.flush(batch).await;
+            let store = self.store.clone();
+            in_flight.spawn(async move { store.flush(batch).await });
         }
+        while in_flight.join_next().await.is_some() {}
         info!("writer drained");
     }
 
@@ -165,8 +196,10 @@ impl Writer {
         metrics::gauge!(m::QUEUE_DEPTH).set(self.rx.len() as f64);
         batch
     }
+}
 
-    async fn flush(&mut self, batch: Vec<Request>) {
+impl Store {
+    async fn flush(&self, batch: Vec<Request>) {
         match self.write_retrying(&batch).await {
             Ok(outcomes) => {
                 for (request, outcomes) in batch.into_iter().zip(outcomes) {
@@ -198,9 +231,9 @@ impl Writer {
         }
     }
 
-    async fn write_retrying(&mut self, batch: &[Request]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+    async fn write_retrying(&self, batch: &[Request]) -> Result<Vec<Vec<Outcome>>, StoreError> {
         let mut backoff = Duration::from_millis(50);
-        let cap = Duration::from_millis(self.batch.max_retry_backoff_ms);
+        let cap = self.max_retry_backoff;
         loop {
             match self.write(batch).await {
                 Ok(outcomes) => {
@@ -222,21 +255,21 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, batch: &[Request]) -> Result<Vec<Vec<Outcome>>, StoreError> {
+    async fn write(&self, batch: &[Request]) -> Result<Vec<Vec<Outcome>>, StoreError> {
         let started = Instant::now();
         let mut conn = self.pool.get().await?;
-        let engine = match self.engine {
-            Some(engine) => engine,
-            None => {
-                let engine = if super::maintenance::engine(&conn).await? == "timescaledb" {
-                    Engine::TimescaleDb
-                } else {
-                    Engine::Partitioned
-                };
-                self.engine = Some(engine);
-                engine
-            }
-        };
+        let engine = *self
+            .engine
+            .get_or_try_init(|| async {
+                Ok::<_, StoreError>(
+                    if super::maintenance::engine(&conn).await? == "timescaledb" {
+                        Engine::TimescaleDb
+                    } else {
+                        Engine::Partitioned
+                    },
+                )
+            })
+            .await?;
 
         let mut plan = Plan::new(batch);
         let readings: Vec<(usize, usize, &Reading)> =
@@ -346,17 +379,18 @@ impl Writer {
             }
         }
 
-        let months: HashSet<(i32, u8)> = rows
-            .measured_at
-            .iter()
-            .map(|t| (t.year(), t.month() as u8))
-            .filter(|m| !self.partitions.contains(m))
-            .collect();
         if engine == Engine::Partitioned {
-            for (year, month) in &months {
+            let mut partitions = self.partitions.lock().await;
+            let months: HashSet<(i32, u8)> = rows
+                .measured_at
+                .iter()
+                .map(|t| (t.year(), t.month() as u8))
+                .filter(|m| !partitions.contains(m))
+                .collect();
+            for (year, month) in months {
                 let first = time::Date::from_calendar_date(
-                    *year,
-                    time::Month::try_from(*month).unwrap_or(time::Month::January),
+                    year,
+                    time::Month::try_from(month).unwrap_or(time::Month::January),
                     1,
                 )
                 .unwrap_or(time::Date::MIN)
@@ -364,6 +398,7 @@ impl Writer {
                 .assume_utc();
                 conn.execute("SELECT vigil_ensure_reading_partition($1)", &[&first])
                     .await?;
+                partitions.insert((year, month));
             }
         }
 
@@ -408,7 +443,6 @@ impl Writer {
             tx.execute(&insert, &q.params()).await?;
         }
         tx.commit().await?;
-        self.partitions.extend(months);
 
         let elapsed = started.elapsed().as_secs_f64();
         metrics::histogram!(m::COMMIT_SECONDS).record(elapsed);

@@ -151,3 +151,42 @@ async fn a_breach_after_a_recovery_in_the_same_upload_opens_a_new_alert() {
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_batches_for_one_patient_take_turns_on_its_alert() {
+    let db = TestDb::create().await;
+    let mut s = settings(&db.url);
+    s.batch.max_in_flight = 4;
+    s.batch.linger_ms = 0;
+    let app = TestApp::spawn(s).await;
+    let reg = register(&db.url, "glucose_meter").await;
+    let grpc = app.grpc().await;
+    let calls = (0..40).map(|i| {
+        let mut grpc = grpc.clone();
+        let request = vigil_proto::v1::SubmitReadingsRequest {
+            readings: vec![glucose_pb(&now_rfc3339(-600 + i), 3.5, "mmol/L")],
+            ..Default::default()
+        };
+        let token = reg.token.clone();
+        async move { grpc.submit_readings(with_token(request, &token)).await }
+    });
+    for answer in futures_util::future::join_all(calls).await {
+        answer.expect("every call stored");
+    }
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*), sum(breach_count)::int FROM alerts WHERE rule_id = 'glucose.low'",
+            &[],
+        )
+        .await
+        .expect("alerts");
+    assert_eq!(row.get::<_, i64>(0), 1, "one alert for the patient");
+    assert_eq!(row.get::<_, i32>(1), 40, "every low reading counted on it");
+    assert_eq!(
+        metric(app.http_addr, "vigil_write_retries_total").await,
+        0.0,
+        "no batch collided with another on the alert"
+    );
+    app.stop().await;
+}

@@ -120,7 +120,7 @@ impl Default for MqttSettings {
             share_group: "vigil-ingest".into(),
             session_expiry_secs: 86_400,
             keep_alive_secs: 30,
-            receive_maximum: 1000,
+            receive_maximum: 5000,
             max_message_bytes: 256 * 1024,
             publish_results: true,
         }

@@ -5,7 +5,7 @@
 //! then stop HTTP. Everything after the grace period is abandoned: un-acknowledged MQTT
 //! messages are redelivered by the broker on the next start.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -17,7 +17,9 @@ use crate::{
     config::Settings,
     grpc::{self, service::Ingest},
     health::Health,
-    http, metrics,
+    http,
+    limits::DeviceLimits,
+    metrics,
     mqtt::MqttFrontend,
     store::{self, Pool, maintenance, migrate, writer},
 };
@@ -100,11 +102,14 @@ impl Application {
         );
         let writer_task = tokio::spawn(writer.run());
 
+        let limits = Arc::new(DeviceLimits::new(&settings.rate_limit));
+        tokio::spawn(forget_idle_devices(limits.clone(), background.clone()));
         let grpc_task: Option<JoinHandle<anyhow::Result<()>>> = grpc_listener.map(|listener| {
             let ingest = Ingest::new(
                 pool.clone(),
                 handle.clone(),
                 settings.validation.clone(),
+                limits.clone(),
                 intake.clone(),
             );
             tokio::spawn(grpc::serve(
@@ -128,6 +133,7 @@ impl Application {
                 let frontend = MqttFrontend::new(
                     settings.mqtt.clone(),
                     settings.validation.clone(),
+                    limits.clone(),
                     handle.clone(),
                     health.clone(),
                 );
@@ -215,6 +221,17 @@ async fn wait<T>(mut task: JoinHandle<T>, deadline: Instant, name: &str) -> Opti
             warn!(task = name, "grace period over; abandoning");
             task.abort();
             None
+        }
+    }
+}
+
+/// Drops the rate-limit state of devices that have gone quiet, once a minute.
+async fn forget_idle_devices(limits: Arc<DeviceLimits>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => limits.forget_idle(),
         }
     }
 }

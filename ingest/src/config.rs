@@ -22,6 +22,7 @@ pub struct Settings {
     pub validation: ValidationSettings,
     pub quarantine: QuarantineSettings,
     pub shutdown: ShutdownSettings,
+    pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
     pub alerts: vigil_alerts::config::AlertSettings,
 }
@@ -224,6 +225,25 @@ impl Default for QuarantineSettings {
     fn default() -> Self {
         Self {
             max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Per-device intake limit (see `limits`). Zero in either field turns it off.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    /// Sustained readings per second per device.
+    pub readings_per_second: u32,
+    /// Readings a device may send at once before the sustained rate applies.
+    pub burst_readings: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            readings_per_second: 20,
+            burst_readings: 25_000,
         }
     }
 }

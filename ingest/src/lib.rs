@@ -24,6 +24,7 @@ pub mod domain;
 pub mod grpc;
 pub mod health;
 pub mod http;
+pub mod limits;
 pub mod metrics;
 pub mod mqtt;
 pub mod replay;

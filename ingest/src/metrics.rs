@@ -16,6 +16,7 @@ pub const MQTT_STALE_ACKS: &str = "vigil_mqtt_stale_acks_total";
 pub const MQTT_CONNECTION_ERRORS: &str = "vigil_mqtt_connection_errors_total";
 pub const BROKER_CONNECTED: &str = "vigil_mqtt_connected";
 pub const GRPC_REFUSED: &str = "vigil_grpc_refused_total";
+pub const RATE_LIMITED: &str = "vigil_rate_limited_total";
 pub const BATCH_READINGS: &str = "vigil_batch_readings";
 pub const COMMIT_SECONDS: &str = "vigil_commit_seconds";
 pub const WRITE_RETRIES: &str = "vigil_write_retries_total";

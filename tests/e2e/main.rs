@@ -19,6 +19,7 @@ mod crash;
 mod database_outage;
 mod duplicates;
 mod grpc_api;
+mod limits;
 mod migrations;
 mod mqtt_ingest;
 mod quarantine_replay;

@@ -25,10 +25,11 @@ pub enum RejectReason {
     UnknownDevice,
     RevokedDevice,
     UnboundDevice,
+    RateLimited,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 20] = [
+    pub const ALL: [RejectReason; 21] = [
         Self::MalformedPayload,
         Self::Oversized,
         Self::BadTopic,
@@ -49,6 +50,7 @@ impl RejectReason {
         Self::UnknownDevice,
         Self::RevokedDevice,
         Self::UnboundDevice,
+        Self::RateLimited,
     ];
 
     pub fn code(self) -> &'static str {
@@ -73,6 +75,7 @@ impl RejectReason {
             Self::UnknownDevice => "unknown_device",
             Self::RevokedDevice => "revoked_device",
             Self::UnboundDevice => "unbound_device",
+            Self::RateLimited => "rate_limited",
         }
     }
 

@@ -1,4 +1,4 @@
-use std::pin::Pin;
+use std::{pin::Pin, sync::Arc};
 
 use futures_util::{Stream, StreamExt, stream::FuturesOrdered};
 use time::OffsetDateTime;
@@ -15,6 +15,7 @@ use super::{auth, convert, status::ApiError};
 use crate::{
     config::ValidationSettings,
     domain::{Channel, validate::Context},
+    limits::DeviceLimits,
     store::{Pool, writer::WriterHandle},
     submission::Submission,
 };
@@ -28,6 +29,7 @@ pub struct Ingest {
     pool: Pool,
     writer: WriterHandle,
     validation: ValidationSettings,
+    limits: Arc<DeviceLimits>,
     /// Cancelled at shutdown: streams stop reading, finish what they hold, and end.
     stop: CancellationToken,
 }
@@ -43,12 +45,14 @@ impl Ingest {
         pool: Pool,
         writer: WriterHandle,
         validation: ValidationSettings,
+        limits: Arc<DeviceLimits>,
         stop: CancellationToken,
     ) -> Self {
         Self {
             pool,
             writer,
             validation,
+            limits,
             stop,
         }
     }
@@ -72,6 +76,9 @@ impl Ingest {
                 request.readings.len()
             )));
         }
+        self.limits
+            .check(device_id, request.readings.len())
+            .map_err(ApiError::RateLimited)?;
         let received_at = OffsetDateTime::now_utc();
         let ctx = Context {
             device_id,

@@ -2,10 +2,13 @@
 
 use tonic::{Code, Status};
 
-use crate::store::{StoreError, writer::SubmitError};
+use crate::{
+    limits::OverLimit,
+    store::{StoreError, writer::SubmitError},
+};
 
 /// How long a client should wait before retrying a refused call.
-const RETRY_AFTER_MS: &str = "250";
+const RETRY_AFTER_MS: u128 = 250;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -17,6 +20,8 @@ pub enum ApiError {
     InvalidArgument(String),
     #[error("the ingest queue is full; retry after a short delay")]
     Overloaded,
+    #[error("{}", .0.message)]
+    RateLimited(OverLimit),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -49,7 +54,10 @@ impl ApiError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::Overloaded => Code::ResourceExhausted,
+            Self::RateLimited(OverLimit {
+                retry_after: None, ..
+            }) => Code::InvalidArgument,
+            Self::Overloaded | Self::RateLimited(_) => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -60,12 +68,21 @@ impl From<ApiError> for Status {
     fn from(e: ApiError) -> Self {
         let code = e.code();
         metrics::counter!(crate::metrics::GRPC_REFUSED, "code" => format!("{code:?}")).increment(1);
+        let retry_after = match &e {
+            ApiError::RateLimited(over) => {
+                metrics::counter!(crate::metrics::RATE_LIMITED, "channel" => "grpc").increment(1);
+                over.retry_after.map(|wait| wait.as_millis().max(1))
+            }
+            _ if matches!(code, Code::ResourceExhausted | Code::Unavailable) => {
+                Some(RETRY_AFTER_MS)
+            }
+            _ => None,
+        };
         let mut status = Status::new(code, e.to_string());
-        if matches!(code, Code::ResourceExhausted | Code::Unavailable) {
-            status.metadata_mut().insert(
-                "retry-after-ms",
-                RETRY_AFTER_MS.parse().expect("static ascii"),
-            );
+        if let Some(ms) = retry_after
+            && let Ok(value) = ms.to_string().parse()
+        {
+            status.metadata_mut().insert("retry-after-ms", value);
         }
         status
     }

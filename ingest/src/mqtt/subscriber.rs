@@ -39,6 +39,7 @@ use crate::{
     config::{MqttSettings, ValidationSettings},
     domain::{Channel, Refusal, RejectReason as R, validate::Context},
     health::Health,
+    limits::DeviceLimits,
     metrics as m,
     store::writer::{SubmitError, WriterHandle},
     submission::{Outcome, Submission},
@@ -55,6 +56,7 @@ const CLIENT_MAX_PACKET: u32 = 16 * 1024 * 1024;
 pub struct MqttFrontend {
     settings: MqttSettings,
     validation: ValidationSettings,
+    limits: Arc<DeviceLimits>,
     topics: Topics,
     writer: WriterHandle,
     health: Health,
@@ -70,6 +72,7 @@ impl MqttFrontend {
     pub fn new(
         settings: MqttSettings,
         validation: ValidationSettings,
+        limits: Arc<DeviceLimits>,
         writer: WriterHandle,
         health: Health,
     ) -> Self {
@@ -77,6 +80,7 @@ impl MqttFrontend {
             topics: Topics::new(&settings.topic_root),
             settings,
             validation,
+            limits,
             writer,
             health,
         }
@@ -223,9 +227,16 @@ impl MqttFrontend {
             rules: &self.validation,
         };
         match decode::decode(&payload, &ctx, self.validation.max_readings_per_submission) {
-            Ok(items) => Submission {
-                items,
-                ..submission
+            Ok(items) => match self.limits.check(device_id, items.len()) {
+                Ok(()) => Submission {
+                    items,
+                    ..submission
+                },
+                // Kept whole in quarantine (replayable); the device learns why from its result.
+                Err(over) => {
+                    metrics::counter!(m::RATE_LIMITED, "channel" => "mqtt").increment(1);
+                    submission.refused_whole(Refusal::new(R::RateLimited, over.message), payload)
+                }
             },
             Err(refusal) => submission.refused_whole(refusal, payload),
         }

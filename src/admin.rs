@@ -80,6 +80,9 @@ pub enum ClinicianCommand {
         /// Care team id or name; repeat for several teams.
         #[arg(long = "team", required = true)]
         teams: Vec<String>,
+        /// When the token stops working (RFC 3339); default: never.
+        #[arg(long)]
+        token_expires: Option<String>,
     },
 }
 
@@ -129,6 +132,17 @@ pub enum DeviceCommand {
         /// the device stored before it was registered.
         #[arg(long)]
         from: Option<String>,
+        /// When the token stops working (RFC 3339); default: never.
+        #[arg(long)]
+        token_expires: Option<String>,
+    },
+    /// Issue a device a new token; the old one stops working at once. Prints it once.
+    RotateToken {
+        #[arg(long)]
+        device: Uuid,
+        /// When the new token stops working (RFC 3339); default: never.
+        #[arg(long)]
+        token_expires: Option<String>,
     },
     /// Re-issue a device to another patient from a point in time on.
     Rebind {
@@ -184,6 +198,14 @@ impl From<&QuarantineFilter> for quarantine::Filter {
     }
 }
 
+fn optional_timestamp(value: Option<&str>, flag: &str) -> anyhow::Result<Option<OffsetDateTime>> {
+    value.map(|v| timestamp(Some(v), flag)).transpose()
+}
+
+fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
+    t.and_then(|t| t.format(&Rfc3339).ok())
+}
+
 fn timestamp(value: Option<&str>, flag: &str) -> anyhow::Result<OffsetDateTime> {
     match value {
         None => Ok(OffsetDateTime::now_utc()),
@@ -222,14 +244,21 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
             )
         }
         AdminCommand::Clinician {
-            command: ClinicianCommand::Add { name, teams },
+            command:
+                ClinicianCommand::Add {
+                    name,
+                    teams,
+                    token_expires,
+                },
         } => {
+            let expires = optional_timestamp(token_expires.as_deref(), "token-expires")?;
             let mut ids = Vec::new();
             for team in &teams {
                 ids.push(admin::find_team(&client, team).await?);
             }
             let tx = client.transaction().await?;
             let clinician = clinicians::add(&*tx, &name, &ids).await?;
+            clinicians::set_token_expiry(&*tx, clinician.id, expires).await?;
             alert_admin::audit_clinician_added(&*tx, clinician.id, &ids).await?;
             tx.commit().await?;
             Output::new(
@@ -340,13 +369,19 @@ async fn device(
             kind,
             model,
             from,
+            token_expires,
         } => {
             let from = timestamp(from.as_deref(), "from")?;
+            let expires = optional_timestamp(token_expires.as_deref(), "token-expires")?;
             let id = id.unwrap_or_else(Uuid::new_v4);
             let device =
                 admin::add_device(client, id, patient, &kind, model.as_deref(), from).await?;
+            if expires.is_some() {
+                admin::set_device_token_expiry(client, device.id, expires).await?;
+            }
             Output::new(
-                json!({ "device_id": device.id, "token": device.token, "patient_id": patient }),
+                json!({ "device_id": device.id, "token": device.token, "patient_id": patient,
+                        "token_expires_at": rfc3339(expires) }),
                 format!(
                     "device {}\ntoken  {}\n(the token is shown only now; store it on the device)",
                     device.id, device.token
@@ -364,6 +399,19 @@ async fn device(
             Output::new(
                 json!({ "device_id": device, "patient_id": patient, "from": at }),
                 format!("device {device} bound to patient {patient} from {at}"),
+            )
+        }
+        DeviceCommand::RotateToken {
+            device,
+            token_expires,
+        } => {
+            let expires = optional_timestamp(token_expires.as_deref(), "token-expires")?;
+            let token = admin::rotate_device_token(client, device, expires).await?;
+            Output::new(
+                json!({ "device_id": device, "token": token, "token_expires_at": rfc3339(expires) }),
+                format!(
+                    "device {device}\ntoken  {token}\n(the token is shown only now; the old one no longer works)"
+                ),
             )
         }
         DeviceCommand::Revoke { device } => {

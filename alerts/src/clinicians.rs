@@ -39,7 +39,22 @@ pub async fn add(
     Ok(NewClinician { id, token })
 }
 
-/// The clinician a token belongs to, with their teams; `None` for unknown or revoked tokens.
+/// Sets or clears when the clinician's token stops working.
+pub async fn set_token_expiry(
+    db: &impl GenericClient,
+    clinician: Uuid,
+    expires_at: Option<time::OffsetDateTime>,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "UPDATE clinicians SET token_expires_at = $2 WHERE id = $1",
+        &[&clinician, &expires_at],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The clinician a token belongs to, with their teams; `None` for unknown, revoked or
+/// expired tokens.
 pub async fn authenticate(
     db: &impl GenericClient,
     token: &str,
@@ -52,6 +67,7 @@ pub async fn authenticate(
             "SELECT c.id, coalesce(array_agg(t.team_id) FILTER (WHERE t.team_id IS NOT NULL), '{}')
              FROM clinicians c LEFT JOIN clinician_teams t ON t.clinician_id = c.id
              WHERE c.token_hash = $1 AND c.revoked_at IS NULL
+               AND (c.token_expires_at IS NULL OR c.token_expires_at > now())
              GROUP BY c.id",
             &[&hash(token)],
         )

@@ -24,3 +24,4 @@ mod migrations;
 mod mqtt_ingest;
 mod quarantine_replay;
 mod simulator;
+mod tokens;

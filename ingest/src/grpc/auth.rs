@@ -1,6 +1,7 @@
 //! Device tokens (`vgd_…`, see `vigil_alerts::secrets`): shown once when the device is
 //! registered, stored only as a hash.
 
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 use vigil_alerts::secrets;
@@ -37,13 +38,32 @@ pub async fn device_of(pool: &Pool, metadata: &MetadataMap) -> Result<Uuid, ApiE
     }
     let client = pool.get().await.map_err(StoreError::from)?;
     let statement = client
-        .prepare_cached("SELECT id FROM devices WHERE token_hash = $1 AND revoked_at IS NULL")
+        .prepare_cached(
+            "SELECT id, revoked_at IS NOT NULL, token_expires_at,
+                    coalesce(token_expires_at <= now(), false)
+             FROM devices WHERE token_hash = $1",
+        )
         .await
         .map_err(StoreError::from)?;
     let row = client
         .query_opt(&statement, &[&hash(token)])
         .await
-        .map_err(StoreError::from)?;
-    row.map(|r| r.get(0))
-        .ok_or_else(|| ApiError::Unauthenticated("unknown or revoked device token".into()))
+        .map_err(StoreError::from)?
+        .ok_or_else(|| ApiError::Unauthenticated("unknown device token".into()))?;
+    let (id, revoked, expires_at, expired): (Uuid, bool, Option<OffsetDateTime>, bool) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if revoked {
+        return Err(ApiError::Unauthenticated(format!(
+            "device {id} has been revoked"
+        )));
+    }
+    if expired {
+        let at = expires_at
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
+        return Err(ApiError::Unauthenticated(format!(
+            "the token of device {id} expired at {at}; ask for a new one"
+        )));
+    }
+    Ok(id)
 }

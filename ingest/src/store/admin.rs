@@ -186,6 +186,46 @@ pub async fn rebind_device(
     Ok(())
 }
 
+/// Sets or clears when `device`'s token stops working.
+pub async fn set_device_token_expiry(
+    client: &Client,
+    device: Uuid,
+    expires_at: Option<OffsetDateTime>,
+) -> Result<(), StoreError> {
+    let n = client
+        .execute(
+            "UPDATE devices SET token_expires_at = $2 WHERE id = $1",
+            &[&device, &expires_at],
+        )
+        .await?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("no device {device}")));
+    }
+    Ok(())
+}
+
+/// Issues `device` a new token (the old one stops working at once); returned only here.
+pub async fn rotate_device_token(
+    client: &Client,
+    device: Uuid,
+    expires_at: Option<OffsetDateTime>,
+) -> Result<String, StoreError> {
+    let token = auth::new_token();
+    let n = client
+        .execute(
+            "UPDATE devices SET token_hash = $2, token_expires_at = $3
+             WHERE id = $1 AND revoked_at IS NULL",
+            &[&device, &auth::hash(&token), &expires_at],
+        )
+        .await?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!(
+            "no device {device}, or it has been revoked"
+        )));
+    }
+    Ok(token)
+}
+
 /// Revokes a device: its token stops working and its readings are refused from now on.
 pub async fn revoke_device(
     client: &mut Client,

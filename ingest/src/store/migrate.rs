@@ -40,6 +40,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alert_event_order",
         sql: include_str!("../../migrations/0005_alert_event_order.sql"),
     },
+    Migration {
+        version: 6,
+        name: "token_expiry",
+        sql: include_str!("../../migrations/0006_token_expiry.sql"),
+    },
 ];
 
 const LOCK_KEY: i64 = 0x5649_4749_4c00_0001;

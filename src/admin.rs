@@ -112,6 +112,18 @@ pub enum PatientCommand {
         #[arg(long)]
         date_of_birth: Option<String>,
     },
+    /// Remove all of a patient's health data (readings, rollups, alerts, quarantine,
+    /// thresholds, bindings, the patient record); revoke their current devices. Irreversible.
+    Erase {
+        #[arg(long)]
+        patient: Uuid,
+        /// Who asked for it (recorded with the erasure).
+        #[arg(long)]
+        by: String,
+        /// Why, without health data (e.g. "patient request 2026-11-22, ref 1234").
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +318,28 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
             Output::new(
                 json!({ "patient_id": id, "team_id": team_id }),
                 format!("patient {id}"),
+            )
+        }
+        AdminCommand::Patient {
+            command:
+                PatientCommand::Erase {
+                    patient,
+                    by,
+                    reason,
+                },
+        } => {
+            let erased = admin::erase_patient(&mut client, patient, &by, &reason).await?;
+            Output::new(
+                json!({ "patient_id": patient, "erased": erased }),
+                format!(
+                    "patient {patient} erased: {} readings, {} alerts, {} quarantined entries, \
+                     {} rollup rows; {} audit entries redacted",
+                    erased.readings,
+                    erased.alerts,
+                    erased.quarantined,
+                    erased.rollup_rows,
+                    erased.audit_rows_redacted
+                ),
             )
         }
         AdminCommand::Device { command } => device(&mut client, command).await?,

@@ -18,6 +18,7 @@ mod broker_restart;
 mod crash;
 mod database_outage;
 mod duplicates;
+mod erasure;
 mod grpc_api;
 mod limits;
 mod migrations;

@@ -250,3 +250,142 @@ pub async fn revoke_device(
     tx.commit().await?;
     Ok(at)
 }
+
+/// What an erasure removed (counts only: the record of an erasure holds no health data).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Erased {
+    pub readings: u64,
+    pub alerts: u64,
+    pub quarantined: u64,
+    pub rollup_rows: u64,
+    pub audit_rows_redacted: u64,
+}
+
+/// Removes every piece of one patient's health data: readings, hourly rollups, alerts with
+/// their events and deliveries, quarantined payloads received from their devices while bound
+/// to them, threshold overrides, device bindings and the patient record itself. Devices still
+/// bound to the patient are revoked. The audit trail keeps who did what and when, with its
+/// free-text detail redacted, and gains one `erase_patient` entry with counts only.
+pub async fn erase_patient(
+    client: &mut Client,
+    patient: Uuid,
+    by: &str,
+    reason: &str,
+) -> Result<Erased, StoreError> {
+    let timescale = super::maintenance::engine(client).await? == "timescaledb";
+    let tx = client.transaction().await?;
+    if tx
+        .query_opt(
+            "SELECT 1 FROM patients WHERE id = $1 FOR UPDATE",
+            &[&patient],
+        )
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::NotFound(format!("no patient {patient}")));
+    }
+    let span = tx
+        .query_one(
+            "SELECT min(measured_at), max(measured_at) FROM readings WHERE patient_id = $1",
+            &[&patient],
+        )
+        .await?;
+    let (first, last): (Option<OffsetDateTime>, Option<OffsetDateTime>) =
+        (span.get(0), span.get(1));
+    tx.execute(
+        "UPDATE devices d SET revoked_at = now()
+         FROM device_bindings b
+         WHERE b.device_id = d.id AND b.patient_id = $1 AND upper_inf(b.valid_during)
+           AND d.revoked_at IS NULL",
+        &[&patient],
+    )
+    .await?;
+    let quarantined = tx
+        .execute(
+            "DELETE FROM quarantine q USING device_bindings b
+             WHERE b.patient_id = $1 AND q.device_id = b.device_id
+               AND b.valid_during @> q.received_at",
+            &[&patient],
+        )
+        .await?;
+    let readings = tx
+        .execute("DELETE FROM readings WHERE patient_id = $1", &[&patient])
+        .await?;
+    let rollup_rows = if timescale {
+        0
+    } else {
+        tx.execute(
+            "DELETE FROM readings_hourly_store WHERE patient_id = $1",
+            &[&patient],
+        )
+        .await?
+    };
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE erased_alerts ON COMMIT DROP AS
+             SELECT id FROM alerts WHERE patient_id = '{patient}';
+         DELETE FROM deliveries WHERE event_id IN
+             (SELECT e.id FROM alert_events e JOIN erased_alerts a ON a.id = e.alert_id);
+         DELETE FROM alert_events WHERE alert_id IN (SELECT id FROM erased_alerts);
+         DELETE FROM alert_readings WHERE alert_id IN (SELECT id FROM erased_alerts);"
+    ))
+    .await?;
+    let alerts = tx
+        .execute("DELETE FROM alerts WHERE patient_id = $1", &[&patient])
+        .await?;
+    tx.execute(
+        "DELETE FROM patient_alert_settings WHERE patient_id = $1",
+        &[&patient],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM device_bindings WHERE patient_id = $1",
+        &[&patient],
+    )
+    .await?;
+    tx.execute("DELETE FROM patients WHERE id = $1", &[&patient])
+        .await?;
+    tx.execute(
+        "INSERT INTO erasures (patient_id, erased_by, reason) VALUES ($1, $2, $3)",
+        &[&patient, &by, &reason],
+    )
+    .await?;
+    let audit_rows_redacted = tx
+        .execute(
+            r#"UPDATE audit_log SET detail = '{"redacted": "patient erased"}'
+               WHERE patient_id = $1 AND detail <> '{"redacted": "patient erased"}'"#,
+            &[&patient],
+        )
+        .await?;
+    let erased = Erased {
+        readings,
+        alerts,
+        quarantined,
+        rollup_rows,
+        audit_rows_redacted,
+    };
+    tx.execute(
+        "INSERT INTO audit_log (actor_kind, action, patient_id, detail)
+         VALUES ('admin', 'erase_patient', $1, $2)",
+        &[&patient, &serde_json::to_value(erased).unwrap_or_default()],
+    )
+    .await?;
+    tx.commit().await?;
+    // Continuous aggregates cannot be refreshed inside a transaction; until this runs the
+    // patient's hourly buckets would still be materialised.
+    if timescale && let (Some(first), Some(last)) = (first, last) {
+        // The procedure takes `"any"` bounds, which a bind parameter cannot type; the
+        // values are timestamps this function produced, so quoting them is safe.
+        let bound = |t: OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        };
+        client
+            .batch_execute(&format!(
+                "CALL refresh_continuous_aggregate('readings_hourly', '{}'::timestamptz, '{}'::timestamptz)",
+                bound(first - time::Duration::hours(1)),
+                bound(last + time::Duration::hours(2)),
+            ))
+            .await?;
+    }
+    Ok(erased)
+}

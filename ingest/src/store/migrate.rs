@@ -45,6 +45,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "token_expiry",
         sql: include_str!("../../migrations/0006_token_expiry.sql"),
     },
+    Migration {
+        version: 7,
+        name: "erasure",
+        sql: include_str!("../../migrations/0007_erasure.sql"),
+    },
 ];
 
 const LOCK_KEY: i64 = 0x5649_4749_4c00_0001;

@@ -205,7 +205,7 @@ pub fn missing_data(
             silent.whole_hours()
         ),
         badness: silent.as_seconds_f64(),
-        detail: json!({ "device_kind": device_kind, "last_reading_at": last.to_string(),
+        detail: json!({ "device_kind": device_kind, "last_reading_at": last.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| last.to_string()),
                         "threshold_hours": hours }),
     })
 }
@@ -401,6 +401,7 @@ mod tests {
             (b.rule_id.as_str(), b.severity),
             ("data.missing.cgm", Severity::Low)
         );
+        assert_eq!(b.detail["last_reading_at"], "2026-11-22T05:00:00Z");
         assert!(matches!(
             missing_data("ketone_meter", now - Duration::days(30), now, &t()),
             Verdict::Insufficient(_)

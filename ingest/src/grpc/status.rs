@@ -43,6 +43,9 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::QueueFull => Self::Overloaded,
             SubmitError::Closed => Self::Unavailable("the service is shutting down".into()),
+            SubmitError::Interrupted => Self::Unavailable(
+                "the write was interrupted before COMMIT; retrying the batch is safe".into(),
+            ),
             SubmitError::Store(e) => e.into(),
         }
     }

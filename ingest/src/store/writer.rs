@@ -49,6 +49,8 @@ pub enum SubmitError {
     QueueFull,
     #[error("the service is shutting down")]
     Closed,
+    #[error("the write was interrupted before COMMIT")]
+    Interrupted,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -86,7 +88,7 @@ impl WriterHandle {
     ) -> Result<Vec<Outcome>, SubmitError> {
         match rx.await {
             Ok(result) => Ok(result?),
-            Err(_) => Err(SubmitError::Closed),
+            Err(_) => Err(SubmitError::Interrupted),
         }
     }
 }
@@ -103,6 +105,16 @@ pub struct Writer {
     store: Store,
     /// Cancelled when intake stops: commit what arrives without lingering.
     drain: CancellationToken,
+}
+
+/// A batch task that panicked failed only its own submissions: their replies are dropped,
+/// so gRPC callers get UNAVAILABLE and MQTT messages stay unacknowledged for redelivery,
+/// while the writer goes on with the next batch.
+fn report(done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        error!(error = %e, "a batch write failed unexpectedly; its submissions were not stored");
+        metrics::counter!(m::WRITE_FAILURES).increment(1);
+    }
 }
 
 /// What a batch write needs, shared by the batches in flight.
@@ -166,7 +178,7 @@ impl Writer {
         let mut in_flight = JoinSet::new();
         loop {
             while in_flight.len() >= self.batch.max_in_flight {
-                in_flight.join_next().await;
+                report(in_flight.join_next().await);
             }
             let Some(first) = self.rx.recv().await else {
                 break;
@@ -175,7 +187,9 @@ impl Writer {
             let store = self.store.clone();
             in_flight.spawn(async move { store.flush(batch).await });
         }
-        while in_flight.join_next().await.is_some() {}
+        while let Some(done) = in_flight.join_next().await {
+            report(Some(done));
+        }
         info!("writer drained");
     }
 

@@ -99,3 +99,51 @@ pub async fn audit_clinician_added(
     )
     .await
 }
+
+/// Deletes a patient's alerts with their events, deliveries and reading links, and their
+/// threshold override; returns how many alerts there were. Part of a patient erasure.
+pub async fn erase_patient_alerts(
+    db: &impl GenericClient,
+    patient: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        "DELETE FROM deliveries WHERE event_id IN
+             (SELECT e.id FROM alert_events e JOIN alerts a ON a.id = e.alert_id
+              WHERE a.patient_id = $1)",
+        &[&patient],
+    )
+    .await?;
+    db.execute(
+        "DELETE FROM alert_events WHERE alert_id IN (SELECT id FROM alerts WHERE patient_id = $1)",
+        &[&patient],
+    )
+    .await?;
+    db.execute(
+        "DELETE FROM alert_readings WHERE alert_id IN (SELECT id FROM alerts WHERE patient_id = $1)",
+        &[&patient],
+    )
+    .await?;
+    let alerts = db
+        .execute("DELETE FROM alerts WHERE patient_id = $1", &[&patient])
+        .await?;
+    db.execute(
+        "DELETE FROM patient_alert_settings WHERE patient_id = $1",
+        &[&patient],
+    )
+    .await?;
+    Ok(alerts)
+}
+
+/// Replaces the free text of an erased patient's audit entries with the redaction marker,
+/// the one change the append-only audit log accepts (migration 7); returns how many.
+pub async fn redact_patient_audit(
+    db: &impl GenericClient,
+    patient: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    db.execute(
+        r#"UPDATE audit_log SET detail = '{"redacted": "patient erased"}'
+           WHERE patient_id = $1 AND detail <> '{"redacted": "patient erased"}'"#,
+        &[&patient],
+    )
+    .await
+}

@@ -13,14 +13,14 @@ use anyhow::{Context as _, bail};
 use futures_util::{StreamExt as _, stream};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
-use tonic::{Request, metadata::MetadataValue, transport::Channel};
+use tonic::transport::Channel;
 use vigil_ingest::domain::RawReading;
 use vigil_proto::v1::{
-    SubmitReadingsRequest, WatchAlertsRequest, alert_service_client::AlertServiceClient,
+    WatchAlertsRequest, alert_service_client::AlertServiceClient,
     ingest_service_client::IngestServiceClient,
 };
 
-use crate::simulate::send::{self, BATCH, Credentials, Tally};
+use crate::simulate::send::{self, BATCH, Credentials, Tally, authorised};
 
 /// gRPC requests in flight at once.
 const IN_FLIGHT: usize = 32;
@@ -73,42 +73,13 @@ pub async fn streamed(
                 tally
                     .sent
                     .fetch_add(readings.len() as u64, Ordering::Relaxed);
-                let requests: Vec<SubmitReadingsRequest> = readings
-                    .chunks(BATCH)
-                    .map(|c| SubmitReadingsRequest {
-                        readings: c.iter().cloned().map(Into::into).collect(),
-                        ..Default::default()
-                    })
-                    .collect();
-                let expected = requests.len();
-                let mut responses = client
-                    .stream_readings(authorised(stream::iter(requests), &device.token)?)
-                    .await?
-                    .into_inner();
-                let mut answered = 0;
-                while let Some(response) = responses.next().await {
-                    tally.count_response(&response?);
-                    answered += 1;
-                }
-                if answered != expected {
-                    bail!("the stream answered {answered} of {expected} batches");
-                }
-                Ok(())
+                send::stream_device(&mut client, &device, &readings, tally).await
             }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()
         .await;
     results.into_iter().collect()
-}
-
-fn authorised<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        MetadataValue::try_from(format!("Bearer {token}"))?,
-    );
-    Ok(request)
 }
 
 #[derive(Debug, Clone, Serialize)]

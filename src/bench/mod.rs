@@ -43,6 +43,7 @@ use crate::simulate::{
     enrol::{self, Enrolled},
     model::{self, DeviceKind, Profile},
     send::{Credentials, Tally},
+    whole_second,
 };
 use load::Work;
 use report::{Burst, Machine, Report};
@@ -238,10 +239,6 @@ async fn measure(
         alerts_peak_rss_mib,
         targets: Vec::new(),
     })
-}
-
-fn whole_second(t: OffsetDateTime) -> OffsetDateTime {
-    t.replace_nanosecond(0).unwrap_or(t)
 }
 
 /// The URL of database `name` on the same server as `url`.

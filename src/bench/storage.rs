@@ -8,11 +8,11 @@ use std::{collections::HashMap, time::Instant};
 use anyhow::Context as _;
 use futures_util::pin_mut;
 use serde::Serialize;
-use tokio_postgres::{Client, binary_copy::BinaryCopyInWriter, types::Type};
+use tokio_postgres::{Client, binary_copy::BinaryCopyInWriter};
 use uuid::Uuid;
 use vigil_ingest::{
     domain::Reading,
-    store::rows::{INSERT_READINGS, ReadingRows},
+    store::rows::{COLUMN_TYPES, COLUMNS, INSERT_READINGS, ReadingRows},
 };
 
 #[derive(Debug, Clone, Serialize)]
@@ -24,36 +24,6 @@ pub struct Method {
     pub seconds: f64,
     pub per_sec: f64,
 }
-
-const COLUMNS: &str = "key, measured_at, patient_id, device_id, type, value, unit, systolic, \
-    diastolic, pulse, original_value, original_unit, range, specimen, meal, posture, arm, \
-    flags, utc_offset_minutes, received_at, channel, late, fingerprint";
-
-const TYPES: [Type; 23] = [
-    Type::UUID,
-    Type::TIMESTAMPTZ,
-    Type::UUID,
-    Type::UUID,
-    Type::TEXT,
-    Type::FLOAT8,
-    Type::TEXT,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT,
-    Type::TEXT_ARRAY,
-    Type::INT2,
-    Type::TIMESTAMPTZ,
-    Type::TEXT,
-    Type::BOOL,
-    Type::UUID,
-];
 
 /// Each method on an emptied `readings` table; readings are attributed to one made-up
 /// patient per device (the table has no foreign keys, as on the write path).
@@ -193,7 +163,7 @@ async fn copy_rows(
             "COPY {table} ({COLUMNS}) FROM STDIN (FORMAT binary)"
         ))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &COLUMN_TYPES);
     pin_mut!(writer);
     for (r, patient, fingerprint) in rows {
         let channel = r.channel.as_str();

@@ -131,7 +131,8 @@ pub async fn run(
     Ok(())
 }
 
-fn whole_second(t: OffsetDateTime) -> OffsetDateTime {
+/// Readings are measured at whole seconds.
+pub fn whole_second(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_nanosecond(0).unwrap_or(t)
 }
 

@@ -189,37 +189,47 @@ impl Link {
                 client,
                 device,
                 stream: true,
-            } => {
-                let requests: Vec<SubmitReadingsRequest> = readings
-                    .chunks(BATCH)
-                    .enumerate()
-                    .map(|(i, chunk)| SubmitReadingsRequest {
-                        batch_id: i.to_string(),
-                        readings: chunk.iter().cloned().map(Into::into).collect(),
-                        ..Default::default()
-                    })
-                    .collect();
-                let expected = requests.len();
-                let mut responses = client
-                    .stream_readings(authorised(stream::iter(requests), &device.token)?)
-                    .await
-                    .context("opening the readings stream")?
-                    .into_inner();
-                let mut answered = 0;
-                while let Some(response) = responses.next().await {
-                    tally.count_response(&response.context("readings stream")?);
-                    answered += 1;
-                }
-                if answered != expected {
-                    bail!("the stream answered {answered} of {expected} batches");
-                }
-                Ok(())
-            }
+            } => stream_device(client, device, &readings, tally).await,
         }
     }
 }
 
-fn authorised<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
+/// One `StreamReadings` call carrying all of `readings` in batches of [`BATCH`]; returns once
+/// every batch is answered.
+pub async fn stream_device(
+    client: &mut IngestServiceClient<Channel>,
+    device: &Credentials,
+    readings: &[RawReading],
+    tally: &Tally,
+) -> anyhow::Result<()> {
+    let requests: Vec<SubmitReadingsRequest> = readings
+        .chunks(BATCH)
+        .enumerate()
+        .map(|(i, chunk)| SubmitReadingsRequest {
+            batch_id: i.to_string(),
+            readings: chunk.iter().cloned().map(Into::into).collect(),
+            ..Default::default()
+        })
+        .collect();
+    let expected = requests.len();
+    let mut responses = client
+        .stream_readings(authorised(stream::iter(requests), &device.token)?)
+        .await
+        .context("opening the readings stream")?
+        .into_inner();
+    let mut answered = 0;
+    while let Some(response) = responses.next().await {
+        tally.count_response(&response.context("readings stream")?);
+        answered += 1;
+    }
+    if answered != expected {
+        bail!("the stream answered {answered} of {expected} batches");
+    }
+    Ok(())
+}
+
+/// `message` with the device token as its bearer credential.
+pub fn authorised<T>(message: T, token: &str) -> anyhow::Result<Request<T>> {
     let mut request = Request::new(message);
     request.metadata_mut().insert(
         "authorization",

@@ -320,23 +320,7 @@ pub async fn erase_patient(
         )
         .await?
     };
-    tx.batch_execute(&format!(
-        "CREATE TEMP TABLE erased_alerts ON COMMIT DROP AS
-             SELECT id FROM alerts WHERE patient_id = '{patient}';
-         DELETE FROM deliveries WHERE event_id IN
-             (SELECT e.id FROM alert_events e JOIN erased_alerts a ON a.id = e.alert_id);
-         DELETE FROM alert_events WHERE alert_id IN (SELECT id FROM erased_alerts);
-         DELETE FROM alert_readings WHERE alert_id IN (SELECT id FROM erased_alerts);"
-    ))
-    .await?;
-    let alerts = tx
-        .execute("DELETE FROM alerts WHERE patient_id = $1", &[&patient])
-        .await?;
-    tx.execute(
-        "DELETE FROM patient_alert_settings WHERE patient_id = $1",
-        &[&patient],
-    )
-    .await?;
+    let alerts = vigil_alerts::admin::erase_patient_alerts(&tx, patient).await?;
     tx.execute(
         "DELETE FROM device_bindings WHERE patient_id = $1",
         &[&patient],
@@ -349,13 +333,7 @@ pub async fn erase_patient(
         &[&patient, &by, &reason],
     )
     .await?;
-    let audit_rows_redacted = tx
-        .execute(
-            r#"UPDATE audit_log SET detail = '{"redacted": "patient erased"}'
-               WHERE patient_id = $1 AND detail <> '{"redacted": "patient erased"}'"#,
-            &[&patient],
-        )
-        .await?;
+    let audit_rows_redacted = vigil_alerts::admin::redact_patient_audit(&tx, patient).await?;
     let erased = Erased {
         readings,
         alerts,

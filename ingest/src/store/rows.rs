@@ -2,9 +2,42 @@
 //! storage ceiling it measures is the writer's own statement on the same columns.
 
 use time::OffsetDateTime;
+use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::domain::Reading;
+
+/// The columns `INSERT_READINGS` fills, in order, for COPY.
+pub const COLUMNS: &str = "key, measured_at, patient_id, device_id, type, value, unit, systolic, \
+    diastolic, pulse, original_value, original_unit, range, specimen, meal, posture, arm, \
+    flags, utc_offset_minutes, received_at, channel, late, fingerprint";
+
+/// Their types, for binary COPY.
+pub const COLUMN_TYPES: [Type; 23] = [
+    Type::UUID,
+    Type::TIMESTAMPTZ,
+    Type::UUID,
+    Type::UUID,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::FLOAT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT_ARRAY,
+    Type::INT2,
+    Type::TIMESTAMPTZ,
+    Type::TEXT,
+    Type::BOOL,
+    Type::UUID,
+];
 
 /// Idempotent batch insert: rows whose key or fingerprint is already stored insert nothing
 /// and are missing from the returned keys.
@@ -110,5 +143,27 @@ impl<'a> ReadingRows<'a> {
             &self.late,
             &self.fingerprint,
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<&str> {
+        s.split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn copy_columns_are_the_insert_columns() {
+        let insert = INSERT_READINGS
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(')'))
+            .map(|(columns, _)| columns)
+            .expect("a column list");
+        assert_eq!(words(insert), words(COLUMNS));
+        assert_eq!(words(COLUMNS).len(), COLUMN_TYPES.len());
     }
 }

@@ -6,12 +6,15 @@
 #   ensure_packages         PostgreSQL, Mosquitto and their clients (apt-get, as root)
 #   ensure_postgres         a PostgreSQL server answering on 127.0.0.1:5432
 #   ensure_db_credentials   exports VIGIL_DATABASE__URL and VIGIL_TEST_DATABASE_URL
-#   ensure_broker           the project's own Mosquitto (deploy/mosquitto/vigil.conf),
-#                           exports VIGIL_MQTT__PORT, VIGIL_TEST_MQTT_HOST/PORT
+#   ensure_broker run|test  the project's own Mosquitto (deploy/mosquitto/vigil.conf):
+#                           run exports VIGIL_MQTT__HOST/PORT and VIGIL_BROKER_SYNC__*,
+#                           test exports VIGIL_TEST_MQTT_HOST/PORT
+#   ensure_dev_certs        a development CA and server certificate in .vigil/tls/
 #
 # State lives in .vigil/ at the repository root (git-ignored): the database password
-# (db-password) and the broker's generated configuration, persistence, log and pid file
-# (mosquitto/).
+# (db-password), each broker's generated configuration, persistence, log, pid file and, for
+# the run broker, its password and ACL files (mosquitto/, mosquitto-test/), the services'
+# broker passwords (mqtt-*.password) and the development CA (tls/).
 #
 # Variables read: VIGIL_DATABASE__URL (use this database, create nothing),
 # VIGIL_TEST_DATABASE_URL, VIGIL_BROKER_PORT (the broker's port instead of 1883/1884).
@@ -122,6 +125,7 @@ ensure_packages() {
   mosquitto_bin >/dev/null || missing+=(mosquitto)
   { have mosquitto_pub && have mosquitto_sub; } || missing+=(mosquitto-clients)
   have curl || missing+=(curl)
+  have openssl || missing+=(openssl)
   if [ ${#missing[@]} -gt 0 ]; then
     apt_install "${missing[@]}"
   fi
@@ -264,11 +268,35 @@ SQL
 
 # ---------------------------------------------------------------------------- broker ---
 
-VIGIL_BROKER_CONF=$VIGIL_BROKER_DIR/mosquitto.conf
-VIGIL_BROKER_PIDFILE=$VIGIL_BROKER_DIR/mosquitto.pid
-VIGIL_BROKER_LOG=$VIGIL_BROKER_DIR/mosquitto.log
-VIGIL_BROKER_PORTFILE=$VIGIL_BROKER_DIR/port
+# Two brokers from the one template, deploy/mosquitto/vigil.conf, each with its own state
+# directory and port:
+#   run   .vigil/mosquitto/       as shipped: no anonymous clients, password and ACL files
+#                                  kept by `vigil broker-sync`, plain TCP on loopback and a
+#                                  TLS listener (development CA in .vigil/tls/)
+#   test  .vigil/mosquitto-test/  for the end-to-end tests: loopback only, anonymous
+#                                  clients allowed, no TLS listener. Tests of the broker's
+#                                  own authentication start brokers of their own from the
+#                                  "run" form of the template.
+VIGIL_BROKER_DIR=
+VIGIL_BROKER_CONF=
+VIGIL_BROKER_PIDFILE=
+VIGIL_BROKER_LOG=
+VIGIL_BROKER_PORTFILE=
 VIGIL_BROKER_PORT_USED=
+VIGIL_BROKER_TLS_PORT_USED=
+VIGIL_TLS_DIR=$VIGIL_STATE_DIR/tls
+
+broker_paths() {
+  case $1 in
+    run) VIGIL_BROKER_DIR=$VIGIL_STATE_DIR/mosquitto ;;
+    test) VIGIL_BROKER_DIR=$VIGIL_STATE_DIR/mosquitto-test ;;
+    *) fail "broker_paths: unknown broker $1 (run or test)" ;;
+  esac
+  VIGIL_BROKER_CONF=$VIGIL_BROKER_DIR/mosquitto.conf
+  VIGIL_BROKER_PIDFILE=$VIGIL_BROKER_DIR/mosquitto.pid
+  VIGIL_BROKER_LOG=$VIGIL_BROKER_DIR/mosquitto.log
+  VIGIL_BROKER_PORTFILE=$VIGIL_BROKER_DIR/port
+}
 
 # The pid of the project's broker when it is running: the pid file's process, if it is a
 # mosquitto started with our generated configuration.
@@ -282,10 +310,13 @@ broker_pid() {
   echo "$pid"
 }
 
-# Writes the runtime configuration for port $1 to $2: deploy/mosquitto/vigil.conf with its
-# machine-specific lines pointed at .vigil/mosquitto/.
+# Writes a runtime configuration from deploy/mosquitto/vigil.conf with its machine-specific
+# lines (marked "(rewritten)" there) pointed at this machine.
+#   generate_broker_conf MODE PORT TLS_PORT STATE_DIR TLS_DIR OUT
+# MODE run keeps the template's security settings; MODE test drops the TLS listener and the
+# password and ACL files and allows anonymous clients (loopback only).
 generate_broker_conf() {
-  local port=$1 out=$2 run_as=''
+  local mode=$1 port=$2 tls_port=$3 dir=$4 tls_dir=$5 out=$6 run_as=''
   # As root, keep running as root: the mosquitto account cannot reach a checkout under
   # /root. As any other user the `user` line is ignored by Mosquitto.
   is_root && run_as=root
@@ -293,16 +324,35 @@ generate_broker_conf() {
     echo "# Generated from deploy/mosquitto/vigil.conf by scripts/lib.sh each time the broker"
     echo "# starts; edit that file instead. Lines marked (rewritten) there point here."
     echo
-    awk -v port="$port" -v dir="$VIGIL_BROKER_DIR" -v run_as="$run_as" '
-      $1 == "listener"             { $2 = port; seen["listener"]++ }
+    awk -v mode="$mode" -v port="$port" -v tls_port="$tls_port" -v dir="$dir" \
+      -v tls_dir="$tls_dir" -v run_as="$run_as" '
+      $1 == "listener" {
+        listeners++
+        if (listeners == 1) { $2 = port; seen["listener"]++ }
+        else { in_tls = 1; $2 = tls_port; seen["tls listener"]++ }
+      }
+      # The TLS listener block ends at the first blank line after its settings.
+      in_tls && NF == 0            { in_tls = 0 }
+      mode == "test" && in_tls { next }
+      mode == "test" && ($1 == "password_file" || $1 == "acl_file") { seen[$1]++; next }
+      mode == "test" && $1 == "allow_anonymous" { $0 = "allow_anonymous true"; seen[$1]++ }
+      mode == "run" && $1 == "allow_anonymous" { seen[$1]++ }
+      $1 == "password_file"        { $0 = "password_file " dir "/passwords"; seen[$1]++ }
+      $1 == "acl_file"             { $0 = "acl_file " dir "/acl"; seen[$1]++ }
+      $1 == "cafile"               { $0 = "cafile " tls_dir "/ca.pem"; seen[$1]++ }
+      $1 == "certfile"             { $0 = "certfile " tls_dir "/server.pem"; seen[$1]++ }
+      $1 == "keyfile"              { $0 = "keyfile " tls_dir "/server.key"; seen[$1]++ }
       $1 == "persistence_location" { $0 = "persistence_location " dir "/"; seen[$1]++ }
       $1 == "log_dest" && $2 == "file" { $0 = "log_dest file " dir "/mosquitto.log"; seen["log_dest file"]++ }
       $1 == "pid_file"             { $0 = "pid_file " dir "/mosquitto.pid"; seen[$1]++ }
       $1 == "user"                 { if (run_as != "") $0 = "user " run_as; seen[$1]++ }
       { print }
       END {
-        n = split("listener persistence_location pid_file user", keys, " ")
+        n = split("listener persistence_location pid_file user allow_anonymous password_file acl_file", keys, " ")
         keys[++n] = "log_dest file"
+        if (mode == "run") {
+          keys[++n] = "tls listener"; keys[++n] = "cafile"; keys[++n] = "certfile"; keys[++n] = "keyfile"
+        }
         for (i = 1; i <= n; i++) if (seen[keys[i]] != 1) {
           printf "deploy/mosquitto/vigil.conf: expected exactly one \"%s\" line, found %d\n", keys[i], seen[keys[i]] > "/dev/stderr"
           bad = 1
@@ -310,6 +360,34 @@ generate_broker_conf() {
         exit bad
       }' "$VIGIL_BROKER_TEMPLATE"
   } >"$out"
+}
+
+# A development certificate authority and a server certificate for localhost and
+# 127.0.0.1, in .vigil/tls/ (ca.pem, server.pem, server.key), made once with openssl.
+# Clients trust ca.pem: mosquitto_pub --cafile .vigil/tls/ca.pem -p <TLS port>.
+ensure_dev_certs() {
+  local dir=$VIGIL_TLS_DIR
+  if [ -s "$dir/ca.pem" ] && [ -s "$dir/server.pem" ] && [ -s "$dir/server.key" ] &&
+    openssl verify -CAfile "$dir/ca.pem" "$dir/server.pem" >/dev/null 2>&1 &&
+    openssl x509 -checkend 86400 -noout -in "$dir/server.pem" >/dev/null 2>&1; then
+    return 0
+  fi
+  info "TLS: creating a development CA and a certificate for localhost/127.0.0.1 in $dir"
+  mkdir -p "$dir"
+  (
+    umask 077
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 825 -subj "/CN=Vigil development CA" \
+      -keyout ca.key -out ca.pem -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key \
+      -out server.csr >/dev/null 2>&1
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+      -extfile server.ext -out server.pem >/dev/null 2>&1
+    rm -f server.csr server.ext ca.srl
+    chmod 644 ca.pem server.pem
+  ) || fail "could not create development certificates in $dir (openssl)"
 }
 
 stop_broker() {
@@ -323,11 +401,18 @@ stop_broker() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
+# True when an MQTT broker answers on 127.0.0.1:$1; refusing an anonymous client counts.
 broker_answers() {
-  mosquitto_sub -h 127.0.0.1 -p "$1" -t '$SYS/broker/version' -C 1 -W 3 >/dev/null 2>&1
+  local out
+  out=$(mosquitto_sub -V 5 -h 127.0.0.1 -p "$1" -t '$SYS/broker/version' -C 1 -W 3 2>&1) && return 0
+  case $out in *"Not authorized"*) return 0 ;; esac
+  return 1
 }
 
+# ensure_broker run|test: see "broker" above.
 ensure_broker() {
+  local mode=$1
+  broker_paths "$mode"
   case "$VIGIL_BROKER_DIR" in
     *[[:space:]]*) fail "the checkout path ($VIGIL_ROOT) contains whitespace, which Mosquitto's configuration cannot express; move the checkout." ;;
   esac
@@ -343,7 +428,17 @@ ensure_broker() {
   exec {lock_fd}>"$VIGIL_BROKER_DIR/lock"
   flock -w 60 "$lock_fd" || fail "another scripts/run or scripts/test is starting the broker (lock $VIGIL_BROKER_DIR/lock held for 60 s)."
 
-  local pid='' running_port='' port tmp=$VIGIL_BROKER_DIR/mosquitto.conf.new
+  if [ "$mode" = run ]; then
+    ensure_dev_certs
+    # The broker refuses to start without its password and ACL files; until
+    # `vigil broker-sync` writes them they admit nobody.
+    local f
+    for f in passwords acl; do
+      [ -e "$VIGIL_BROKER_DIR/$f" ] || (umask 027 && : >"$VIGIL_BROKER_DIR/$f")
+    done
+  fi
+
+  local pid='' running_port='' port tls_port tmp=$VIGIL_BROKER_DIR/mosquitto.conf.new
   if pid=$(broker_pid); then
     running_port=$(cat "$VIGIL_BROKER_PORTFILE" 2>/dev/null || true)
   else
@@ -374,8 +469,15 @@ ensure_broker() {
     fi
   fi
 
+  # The TLS listener (run only): 8883 beside 1883, 8884 beside 1884, and so on.
+  tls_port=$((port + 7000))
+  if [ "$mode" = run ] && [ "$port" != "$running_port" ] && port_in_use "$tls_port"; then
+    fail "the broker's TLS port 127.0.0.1:$tls_port (its MQTT port + 7000) is taken by another program; set VIGIL_BROKER_PORT to move both."
+  fi
+
   if [ -n "$pid" ]; then
-    if [ "$port" = "$running_port" ] && generate_broker_conf "$port" "$tmp" &&
+    if [ "$port" = "$running_port" ] &&
+      generate_broker_conf "$mode" "$port" "$tls_port" "$VIGIL_BROKER_DIR" "$VIGIL_TLS_DIR" "$tmp" &&
       cmp -s "$tmp" "$VIGIL_BROKER_CONF" && broker_answers "$port"; then
       rm -f "$tmp"
       info "broker: reusing the project's Mosquitto (pid $pid) on 127.0.0.1:$port"
@@ -388,7 +490,7 @@ ensure_broker() {
   fi
 
   if [ -z "$pid" ]; then
-    generate_broker_conf "$port" "$tmp" || fail "could not generate the broker configuration from $VIGIL_BROKER_TEMPLATE"
+    generate_broker_conf "$mode" "$port" "$tls_port" "$VIGIL_BROKER_DIR" "$VIGIL_TLS_DIR" "$tmp" || fail "could not generate the broker configuration from $VIGIL_BROKER_TEMPLATE"
     mv "$tmp" "$VIGIL_BROKER_CONF"
     echo "$port" >"$VIGIL_BROKER_PORTFILE"
     rm -f "$VIGIL_BROKER_PIDFILE"
@@ -412,8 +514,15 @@ ensure_broker() {
 
   exec {lock_fd}>&-
   VIGIL_BROKER_PORT_USED=$port
-  export VIGIL_MQTT__HOST=127.0.0.1 VIGIL_MQTT__PORT=$port
-  export VIGIL_TEST_MQTT_HOST=127.0.0.1 VIGIL_TEST_MQTT_PORT=$port
+  if [ "$mode" = run ]; then
+    VIGIL_BROKER_TLS_PORT_USED=$tls_port
+    export VIGIL_MQTT__HOST=127.0.0.1 VIGIL_MQTT__PORT=$port
+    export VIGIL_BROKER_SYNC__PASSWORD_FILE=$VIGIL_BROKER_DIR/passwords
+    export VIGIL_BROKER_SYNC__ACL_FILE=$VIGIL_BROKER_DIR/acl
+    export VIGIL_BROKER_SYNC__PID_FILE=$VIGIL_BROKER_PIDFILE
+  else
+    export VIGIL_TEST_MQTT_HOST=127.0.0.1 VIGIL_TEST_MQTT_PORT=$port
+  fi
 }
 
 # ------------------------------------------------------------------------ timescaledb ---
@@ -451,11 +560,11 @@ CONF
   export VIGIL_TEST_TIMESCALE_URL="postgres://postgres@127.0.0.1:$port/postgres"
 }
 
-# Runs every ensure_* step in order.
+# The toolchain, packages, PostgreSQL and its credentials; scripts then start the broker
+# they need (ensure_broker run or test).
 ensure_environment() {
   ensure_cargo
   ensure_packages
   ensure_postgres
   ensure_db_credentials
-  ensure_broker
 }

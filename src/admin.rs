@@ -1,14 +1,17 @@
 //! `vigil admin …`: registry and quarantine commands. Human-readable output by default,
 //! JSON with `--json`.
 
+use std::path::PathBuf;
+
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
-use vigil_alerts::{admin as alert_admin, clinicians};
+use vigil_alerts::{admin as alert_admin, clinicians, secrets};
 use vigil_ingest::{
     Settings,
+    broker::accounts::{self, Role as BrokerRole},
     domain::nhs::NhsNumber,
     replay,
     store::{self, admin, quarantine},
@@ -45,6 +48,37 @@ pub enum AdminCommand {
     Quarantine {
         #[command(subcommand)]
         command: QuarantineCommand,
+    },
+    /// MQTT broker identities of the services and of care teams' alert consumers (devices
+    /// log in with their own id and token). `vigil broker-sync` applies changes.
+    BrokerAccount {
+        #[command(subcommand)]
+        command: BrokerAccountCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BrokerAccountCommand {
+    /// Create an account, or replace an existing one's role and password (reinstating it).
+    /// Prints a generated password once unless --password-file gives one.
+    Put {
+        #[arg(long)]
+        username: String,
+        /// ingest (reads readings, writes results), alerts (writes team alert topics) or
+        /// team (reads one team's alerts; needs --team).
+        #[arg(long)]
+        role: BrokerRole,
+        /// Care team id or name, for a team account.
+        #[arg(long)]
+        team: Option<String>,
+        /// Read the password from this file (its first line) instead of generating one.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Withdraw an account: the broker refuses it and drops its connections.
+    Revoke {
+        #[arg(long)]
+        username: String,
     },
 }
 
@@ -343,6 +377,7 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
             )
         }
         AdminCommand::Device { command } => device(&mut client, command).await?,
+        AdminCommand::BrokerAccount { command } => broker_account(&mut client, command).await?,
         AdminCommand::Quarantine {
             command: QuarantineCommand::List(filter),
         } => {
@@ -455,6 +490,53 @@ async fn device(
             Output::new(
                 json!({ "device_id": device, "revoked_at": at }),
                 format!("device {device} revoked at {at}"),
+            )
+        }
+    })
+}
+
+async fn broker_account(
+    client: &mut tokio_postgres::Client,
+    command: BrokerAccountCommand,
+) -> anyhow::Result<Output> {
+    Ok(match command {
+        BrokerAccountCommand::Put {
+            username,
+            role,
+            team,
+            password_file,
+        } => {
+            let team_id = match &team {
+                Some(team) => Some(admin::find_team(client, team).await?),
+                None => None,
+            };
+            let (password, shown) = match &password_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading --password-file {}", path.display()))?;
+                    (text.lines().next().unwrap_or("").trim().to_string(), None)
+                }
+                None => {
+                    let generated = secrets::generate("vgm_");
+                    (generated.clone(), Some(generated))
+                }
+            };
+            accounts::put_account(client, &username, role, team_id, &password).await?;
+            let mut text = format!("broker account {username} ({role})");
+            if let Some(p) = &shown {
+                text.push_str(&format!("\npassword {p}\n(the password is shown only now)"));
+            }
+            Output::new(
+                json!({ "username": username, "role": role.as_str(), "team_id": team_id,
+                        "password": shown }),
+                text,
+            )
+        }
+        BrokerAccountCommand::Revoke { username } => {
+            accounts::revoke_account(client, &username).await?;
+            Output::new(
+                json!({ "username": username, "revoked": true }),
+                format!("broker account {username} revoked"),
             )
         }
     })

@@ -76,7 +76,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         },
     )?;
     let mut tasks = vec![
-        tokio::spawn(events::listen(pg_config, events.clone(), token.clone())),
+        tokio::spawn(events::listen(
+            pg_config,
+            events::CHANNEL,
+            events.clone(),
+            token.clone(),
+        )),
         tokio::spawn(worker::run(
             pool.clone(),
             settings.alerts.clone(),

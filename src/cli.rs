@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use vigil_ingest::{
     Application, Settings,
+    broker::sync as broker_sync,
     store::{self, maintenance, migrate},
     telemetry,
 };
@@ -36,6 +37,13 @@ enum Command {
     Ingest,
     /// Run the alert worker: clinician gRPC API, windowed rules, escalation, deliveries.
     Alerts,
+    /// Keep the MQTT broker's password and ACL files in step with the database (devices,
+    /// services, care teams) and make it reload them; runs beside the broker.
+    BrokerSync {
+        /// Sync once and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Registry and quarantine administration.
     Admin {
         /// Print machine-readable JSON.
@@ -76,6 +84,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(signal(shutdown.clone()));
             crate::alerts_app::run(settings, shutdown).await
+        }
+        Command::BrokerSync { once } => {
+            telemetry::init(&settings.log);
+            if once {
+                let pool = store::pool::build(&settings.database)?;
+                let client = pool.get().await.context("connecting to the database")?;
+                let outcome =
+                    broker_sync::sync_once(&**client, &settings.mqtt.topic_root, &settings.broker_sync)
+                        .await?;
+                println!(
+                    "{} broker identities; files {}; broker {}",
+                    outcome.identities,
+                    if outcome.changed { "updated" } else { "unchanged" },
+                    if outcome.reloaded { "reloaded" } else { "not signalled" }
+                );
+                return Ok(());
+            }
+            let shutdown = CancellationToken::new();
+            tokio::spawn(signal(shutdown.clone()));
+            broker_sync::run(settings, shutdown).await
         }
         Command::Admin { json, command } => admin::run(&settings, command, json).await,
         Command::Simulate { json, args } => {

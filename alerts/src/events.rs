@@ -1,6 +1,6 @@
-//! Wakes whoever waits for alert events: a dedicated connection LISTENs on the channel the
-//! `alert_events` trigger NOTIFYs. Waiters still re-check the table on a timer, so a lost
-//! connection delays events but never loses them.
+//! Wakes whoever waits for changes: a dedicated connection LISTENs on the channel a trigger
+//! NOTIFYs (`vigil_alert_events` for alert events). Waiters still re-check on a timer, so a
+//! lost connection delays them but never loses a change.
 
 use std::{sync::Arc, time::Duration};
 
@@ -12,14 +12,19 @@ use tracing::{debug, warn};
 
 pub const CHANNEL: &str = "vigil_alert_events";
 
-pub async fn listen(config: tokio_postgres::Config, notify: Arc<Notify>, token: CancellationToken) {
+pub async fn listen(
+    config: tokio_postgres::Config,
+    channel: &'static str,
+    notify: Arc<Notify>,
+    token: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         match config.connect(NoTls).await {
             Ok((client, mut connection)) => {
                 backoff = Duration::from_millis(200);
                 let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
-                let statement = format!("LISTEN {CHANNEL}");
+                let statement = format!("LISTEN {channel}");
                 let subscribe = client.batch_execute(&statement);
                 tokio::pin!(subscribe);
                 let mut subscribed = false;
@@ -28,7 +33,7 @@ pub async fn listen(config: tokio_postgres::Config, notify: Arc<Notify>, token: 
                         _ = token.cancelled() => return,
                         result = &mut subscribe, if !subscribed => {
                             if let Err(e) = result {
-                                warn!(error = %e, "LISTEN failed");
+                                warn!(error = %e, channel, "LISTEN failed");
                                 break;
                             }
                             subscribed = true;
@@ -39,7 +44,7 @@ pub async fn listen(config: tokio_postgres::Config, notify: Arc<Notify>, token: 
                             Some(Ok(AsyncMessage::Notification(_))) => notify.notify_waiters(),
                             Some(Ok(_)) => {}
                             Some(Err(e)) => {
-                                warn!(error = %e, "event listener connection failed");
+                                warn!(error = %e, channel, "notification listener connection failed");
                                 break;
                             }
                             None => break,
@@ -47,7 +52,7 @@ pub async fn listen(config: tokio_postgres::Config, notify: Arc<Notify>, token: 
                     }
                 }
             }
-            Err(e) => debug!(error = %e, "event listener cannot connect"),
+            Err(e) => debug!(error = %e, channel, "notification listener cannot connect"),
         }
         tokio::select! {
             _ = token.cancelled() => return,

@@ -2,7 +2,10 @@
 //! environment variables (`__` separates sections: `VIGIL_DATABASE__URL`). Unknown keys and
 //! out-of-range values are errors that name the offending key.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use figment::{
     Figment,
@@ -23,6 +26,7 @@ pub struct Settings {
     pub quarantine: QuarantineSettings,
     pub shutdown: ShutdownSettings,
     pub rate_limit: RateLimitSettings,
+    pub broker_sync: BrokerSyncSettings,
     pub log: LogSettings,
     pub alerts: vigil_alerts::config::AlertSettings,
 }
@@ -225,6 +229,30 @@ impl Default for QuarantineSettings {
     fn default() -> Self {
         Self {
             max_payload_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Where `vigil broker-sync` writes Mosquitto's password and ACL files, and the broker's
+/// pid file (for SIGHUP); the paths match deploy/mosquitto/vigil.conf.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSyncSettings {
+    pub password_file: PathBuf,
+    pub acl_file: PathBuf,
+    /// Unset: write the files without signalling (the broker reads them when it starts).
+    pub pid_file: Option<PathBuf>,
+    /// Full re-sync interval, whatever notifications arrived.
+    pub resync_secs: u64,
+}
+
+impl Default for BrokerSyncSettings {
+    fn default() -> Self {
+        Self {
+            password_file: "/etc/mosquitto/vigil/passwords".into(),
+            acl_file: "/etc/mosquitto/vigil/acl".into(),
+            pid_file: Some("/run/mosquitto/vigil.pid".into()),
+            resync_secs: 60,
         }
     }
 }

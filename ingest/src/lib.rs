@@ -19,6 +19,7 @@
 //! - [`app`]: wiring and ordered shutdown. [`replay`]: quarantine replay.
 
 pub mod app;
+pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod grpc;

@@ -5,7 +5,7 @@ use tokio_postgres::{Client, error::SqlState};
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::{domain::nhs::NhsNumber, grpc::auth};
+use crate::{broker::credential::broker_hash, domain::nhs::NhsNumber, grpc::auth};
 
 pub const DEVICE_KINDS: &[&str] = &[
     "bp_monitor",
@@ -112,8 +112,9 @@ pub async fn add_device(
     let token = auth::new_token();
     let tx = client.transaction().await?;
     tx.execute(
-        "INSERT INTO devices (id, kind, model, token_hash) VALUES ($1, $2, $3, $4)",
-        &[&id, &kind, &model, &auth::hash(&token)],
+        "INSERT INTO devices (id, kind, model, token_hash, broker_password_hash)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&id, &kind, &model, &auth::hash(&token), &broker_hash(&token)],
     )
     .await
     .map_err(|e| conflict(e, || format!("device {id} is already registered")))?;
@@ -213,9 +214,9 @@ pub async fn rotate_device_token(
     let token = auth::new_token();
     let n = client
         .execute(
-            "UPDATE devices SET token_hash = $2, token_expires_at = $3
+            "UPDATE devices SET token_hash = $2, broker_password_hash = $3, token_expires_at = $4
              WHERE id = $1 AND revoked_at IS NULL",
-            &[&device, &auth::hash(&token), &expires_at],
+            &[&device, &auth::hash(&token), &broker_hash(&token), &expires_at],
         )
         .await?;
     if n == 0 {

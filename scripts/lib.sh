@@ -525,6 +525,27 @@ ensure_broker() {
   fi
 }
 
+# The services' broker accounts (vigil-ingest, vigil-alerts): passwords generated once
+# into .vigil/mqtt-<service>.password and applied to the database on every run, then the
+# broker's files synced once. Exports the services' MQTT credentials. $1: the vigil binary.
+ensure_broker_accounts() {
+  local vigil=$1 service pwfile
+  for service in ingest alerts; do
+    pwfile=$VIGIL_STATE_DIR/mqtt-$service.password
+    if [ ! -s "$pwfile" ]; then
+      (umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"$pwfile.tmp") && mv "$pwfile.tmp" "$pwfile"
+    fi
+    "$vigil" admin broker-account put --username "vigil-$service" --role "$service" \
+      --password-file "$pwfile" >/dev/null ||
+      fail "could not register the broker account vigil-$service"
+  done
+  "$vigil" broker-sync --once >&2 || fail "could not write the broker's password and ACL files"
+  export VIGIL_MQTT__USERNAME=vigil-ingest VIGIL_ALERTS__MQTT_USERNAME=vigil-alerts
+  VIGIL_MQTT__PASSWORD=$(cat "$VIGIL_STATE_DIR/mqtt-ingest.password")
+  VIGIL_ALERTS__MQTT_PASSWORD=$(cat "$VIGIL_STATE_DIR/mqtt-alerts.password")
+  export VIGIL_MQTT__PASSWORD VIGIL_ALERTS__MQTT_PASSWORD
+}
+
 # ------------------------------------------------------------------------ timescaledb ---
 
 # When the TimescaleDB extension is installed for the local PostgreSQL but the server does

@@ -69,8 +69,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         MqttTarget {
             host: settings.mqtt.host.clone(),
             port: settings.mqtt.port,
-            username: settings.mqtt.username.clone(),
-            password: settings.mqtt.password.clone(),
+            username: settings
+                .alerts
+                .mqtt_username
+                .clone()
+                .or_else(|| settings.mqtt.username.clone()),
+            password: settings
+                .alerts
+                .mqtt_password
+                .clone()
+                .or_else(|| settings.mqtt.password.clone()),
             client_id: settings.alerts.mqtt_client_id.clone(),
             topic_root: settings.mqtt.topic_root.clone(),
         },

@@ -90,14 +90,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if once {
                 let pool = store::pool::build(&settings.database)?;
                 let client = pool.get().await.context("connecting to the database")?;
-                let outcome =
-                    broker_sync::sync_once(&**client, &settings.mqtt.topic_root, &settings.broker_sync)
-                        .await?;
+                let outcome = broker_sync::sync_once(
+                    &**client,
+                    &settings.mqtt.topic_root,
+                    &settings.broker_sync,
+                )
+                .await?;
                 println!(
                     "{} broker identities; files {}; broker {}",
                     outcome.identities,
-                    if outcome.changed { "updated" } else { "unchanged" },
-                    if outcome.reloaded { "reloaded" } else { "not signalled" }
+                    if outcome.changed {
+                        "updated"
+                    } else {
+                        "unchanged"
+                    },
+                    if outcome.reloaded {
+                        "reloaded"
+                    } else {
+                        "not signalled"
+                    }
                 );
                 return Ok(());
             }

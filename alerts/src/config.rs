@@ -13,6 +13,10 @@ pub struct AlertSettings {
     pub http_listen: SocketAddr,
     /// MQTT client id of the worker's publisher; stable and unique per instance.
     pub mqtt_client_id: String,
+    /// The worker's own broker identity (a `vigil admin broker-account` with role alerts);
+    /// unset: `mqtt.username` / `mqtt.password`, shared with the ingest service.
+    pub mqtt_username: Option<String>,
+    pub mqtt_password: Option<String>,
     /// An unacknowledged red alert is escalated after this long.
     pub escalate_red_after_secs: u64,
     /// How often windowed rules (home BP average, CGM time in range, missing data) run.
@@ -35,6 +39,8 @@ impl Default for AlertSettings {
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 50052)),
             http_listen: SocketAddr::from(([127, 0, 0, 1], 9465)),
             mqtt_client_id: "vigil-alerts-0".into(),
+            mqtt_username: None,
+            mqtt_password: None,
             escalate_red_after_secs: 900,
             windowed_interval_secs: 900,
             poll_interval_ms: 1000,

@@ -44,7 +44,9 @@ impl FromStr for Role {
             "ingest" => Ok(Role::Ingest),
             "alerts" => Ok(Role::Alerts),
             "team" => Ok(Role::Team),
-            other => Err(format!("unknown role {other:?}; one of ingest, alerts, team")),
+            other => Err(format!(
+                "unknown role {other:?}; one of ingest, alerts, team"
+            )),
         }
     }
 }

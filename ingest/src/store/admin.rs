@@ -114,7 +114,13 @@ pub async fn add_device(
     tx.execute(
         "INSERT INTO devices (id, kind, model, token_hash, broker_password_hash)
          VALUES ($1, $2, $3, $4, $5)",
-        &[&id, &kind, &model, &auth::hash(&token), &broker_hash(&token)],
+        &[
+            &id,
+            &kind,
+            &model,
+            &auth::hash(&token),
+            &broker_hash(&token),
+        ],
     )
     .await
     .map_err(|e| conflict(e, || format!("device {id} is already registered")))?;
@@ -216,7 +222,12 @@ pub async fn rotate_device_token(
         .execute(
             "UPDATE devices SET token_hash = $2, broker_password_hash = $3, token_expires_at = $4
              WHERE id = $1 AND revoked_at IS NULL",
-            &[&device, &auth::hash(&token), &broker_hash(&token), &expires_at],
+            &[
+                &device,
+                &auth::hash(&token),
+                &broker_hash(&token),
+                &expires_at,
+            ],
         )
         .await?;
     if n == 0 {

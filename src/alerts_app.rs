@@ -16,7 +16,7 @@ use vigil_alerts::{
 };
 use vigil_ingest::{
     Settings,
-    grpc::server::serve_services,
+    grpc::{self, server::serve_services},
     health::Health,
     http, metrics,
     store::{self, migrate},
@@ -25,6 +25,11 @@ use vigil_proto::v1::alert_service_server::AlertServiceServer;
 
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = store::pool::build(&settings.database)?;
+    let grpc_tls = grpc::tls::server_config(
+        &settings.grpc.tls,
+        settings.alerts.grpc_listen,
+        "alerts.grpc_listen",
+    )?;
     let grpc_listener = TcpListener::bind(settings.alerts.grpc_listen)
         .await
         .with_context(|| format!("binding the alert API on {}", settings.alerts.grpc_listen))?;
@@ -100,6 +105,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let alerts = Alerts::new(pool.clone(), events.clone(), token.clone());
     let grpc_task = tokio::spawn(serve_services(
         grpc_listener,
+        grpc_tls,
         |router| router.add_service(AlertServiceServer::new(alerts)),
         "vigil.v1.AlertService",
         health.clone(),

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
 
 use crate::{
@@ -30,12 +31,18 @@ pub struct Application {
     health: Health,
     metrics: PrometheusHandle,
     grpc_listener: Option<TcpListener>,
+    grpc_tls: Option<ServerTlsConfig>,
     http_listener: TcpListener,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = store::pool::build(&settings.database)?;
+        let grpc_tls = if settings.grpc.enabled {
+            grpc::tls::server_config(&settings.grpc.tls, settings.grpc.listen, "grpc.listen")?
+        } else {
+            None
+        };
         let grpc_listener = if settings.grpc.enabled {
             Some(
                 TcpListener::bind(settings.grpc.listen)
@@ -54,6 +61,7 @@ impl Application {
             settings,
             pool,
             grpc_listener,
+            grpc_tls,
             http_listener,
         })
     }
@@ -78,6 +86,7 @@ impl Application {
             health,
             metrics,
             grpc_listener,
+            grpc_tls,
             http_listener,
         } = self;
         let intake = CancellationToken::new();
@@ -114,6 +123,7 @@ impl Application {
             );
             tokio::spawn(grpc::serve(
                 listener,
+                grpc_tls,
                 ingest,
                 settings.grpc.max_message_bytes,
                 health.clone(),

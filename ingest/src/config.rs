@@ -139,6 +139,17 @@ pub struct GrpcSettings {
     pub listen: SocketAddr,
     /// Largest request accepted, in bytes.
     pub max_message_bytes: usize,
+    /// TLS for the ingest API and the alert worker's clinician API. Required whenever
+    /// either listens beyond loopback.
+    pub tls: TlsSettings,
+}
+
+/// A server certificate chain and its private key, PEM files. Both or neither.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for GrpcSettings {
@@ -147,6 +158,7 @@ impl Default for GrpcSettings {
             enabled: true,
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             max_message_bytes: 4 * 1024 * 1024,
+            tls: TlsSettings::default(),
         }
     }
 }

@@ -21,6 +21,7 @@ mod database_outage;
 mod duplicates;
 mod erasure;
 mod grpc_api;
+mod grpc_tls;
 mod limits;
 mod migrations;
 mod mqtt_ingest;

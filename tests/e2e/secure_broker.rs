@@ -158,25 +158,35 @@ fn mosquitto() -> &'static str {
     }
 }
 
-/// The shipped configuration, rendered by the same code as scripts/run's broker.
-fn render_config(dir: &Path, port: u16, tls_port: u16) {
-    let root = env!("CARGO_MANIFEST_DIR");
+/// Runs `script` with scripts/lib.sh loaded; `$1…` are `args`.
+fn with_lib(script: &str, args: &[&str]) {
     let status = std::process::Command::new("bash")
         .arg("-c")
-        .arg(
-            r#"source "$0/scripts/lib.sh"
-               VIGIL_TLS_DIR=$1/tls ensure_dev_certs 2>/dev/null
-               generate_broker_conf run "$2" "$3" "$1" "$1/tls" "$1/mosquitto.conf""#,
-        )
-        .arg(root)
-        .arg(dir)
-        .arg(port.to_string())
-        .arg(tls_port.to_string())
+        .arg(format!("source \"$0/scripts/lib.sh\"\n{script}"))
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
         .status()
         .expect("bash runs");
-    assert!(
-        status.success(),
-        "rendering the broker configuration failed"
+    assert!(status.success(), "scripts/lib.sh: {script}");
+}
+
+/// A development CA and a server certificate for localhost/127.0.0.1 in `dir` (ca.pem,
+/// server.pem, server.key), made as scripts/run makes them.
+pub fn dev_certs(dir: &Path) {
+    let dir = dir.to_str().expect("UTF-8 path");
+    with_lib(r#"VIGIL_TLS_DIR=$1 ensure_dev_certs 2>/dev/null"#, &[dir]);
+}
+
+/// The shipped configuration, rendered by the same code as scripts/run's broker.
+fn render_config(dir: &Path, port: u16, tls_port: u16) {
+    dev_certs(&dir.join("tls"));
+    with_lib(
+        r#"generate_broker_conf run "$2" "$3" "$1" "$1/tls" "$1/mosquitto.conf""#,
+        &[
+            dir.to_str().expect("UTF-8 path"),
+            &port.to_string(),
+            &tls_port.to_string(),
+        ],
     );
 }
 

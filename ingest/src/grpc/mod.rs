@@ -5,5 +5,6 @@ pub mod convert;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod tls;
 
 pub use server::serve;

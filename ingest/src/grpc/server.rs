@@ -3,7 +3,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{
-    Server,
+    Server, ServerTlsConfig,
     server::{Router, TcpIncoming},
 };
 use tonic_health::ServingStatus;
@@ -15,6 +15,7 @@ use crate::health::Health;
 /// Serves the ingest API on an already-bound listener until `token` is cancelled.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     ingest: Ingest,
     max_message_bytes: usize,
     health: Health,
@@ -23,6 +24,7 @@ pub async fn serve(
     let ingest = IngestServiceServer::new(ingest).max_decoding_message_size(max_message_bytes);
     serve_services(
         listener,
+        tls,
         |router| router.add_service(ingest),
         "vigil.v1.IngestService",
         health,
@@ -33,9 +35,10 @@ pub async fn serve(
 
 /// Serves `add`'s services beside grpc.health.v1 (mirroring `health` for `""` and
 /// `service_name`) and server reflection, until `token` is cancelled; calls in progress
-/// finish first.
+/// finish first. With `tls`, only TLS connections are served.
 pub async fn serve_services(
     listener: TcpListener,
+    tls: Option<ServerTlsConfig>,
     add: impl FnOnce(Router) -> Router,
     service_name: &'static str,
     health: Health,
@@ -69,9 +72,11 @@ pub async fn serve_services(
         }
     });
 
-    let router = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection);
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let router = builder.add_service(health_service).add_service(reflection);
     add(router)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), token.cancelled_owned())
         .await?;

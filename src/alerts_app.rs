@@ -86,6 +86,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 .or_else(|| settings.mqtt.password.clone()),
             client_id: settings.alerts.mqtt_client_id.clone(),
             topic_root: settings.mqtt.topic_root.clone(),
+            tls_ca_file: settings.mqtt.tls_ca_file.clone(),
         },
     )?;
     let mut tasks = vec![

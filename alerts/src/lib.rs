@@ -8,6 +8,7 @@ pub mod config;
 pub mod deliver;
 pub mod events;
 pub mod grpc;
+pub mod mqtt_tls;
 pub mod record;
 pub mod rules;
 pub mod secrets;

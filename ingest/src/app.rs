@@ -9,10 +9,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use metrics_exporter_prometheus::PrometheusHandle;
+use rumqttc::Transport;
 use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::ServerTlsConfig;
 use tracing::{error, info, warn};
+use vigil_alerts::mqtt_tls;
 
 use crate::{
     config::Settings,
@@ -32,6 +34,7 @@ pub struct Application {
     metrics: PrometheusHandle,
     grpc_listener: Option<TcpListener>,
     grpc_tls: Option<ServerTlsConfig>,
+    mqtt_transport: Transport,
     http_listener: TcpListener,
 }
 
@@ -43,6 +46,8 @@ impl Application {
         } else {
             None
         };
+        let mqtt_transport =
+            mqtt_tls::transport(&settings.mqtt.host, settings.mqtt.tls_ca_file.as_deref())?;
         let grpc_listener = if settings.grpc.enabled {
             Some(
                 TcpListener::bind(settings.grpc.listen)
@@ -62,6 +67,7 @@ impl Application {
             pool,
             grpc_listener,
             grpc_tls,
+            mqtt_transport,
             http_listener,
         })
     }
@@ -87,6 +93,7 @@ impl Application {
             metrics,
             grpc_listener,
             grpc_tls,
+            mqtt_transport,
             http_listener,
         } = self;
         let intake = CancellationToken::new();
@@ -142,6 +149,7 @@ impl Application {
             if settings.mqtt.enabled {
                 let frontend = MqttFrontend::new(
                     settings.mqtt.clone(),
+                    mqtt_transport,
                     settings.validation.clone(),
                     limits.clone(),
                     handle.clone(),

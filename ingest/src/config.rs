@@ -98,6 +98,9 @@ pub struct MqttSettings {
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// CA that signed the broker's certificate: connect with TLS. Unset: plain TCP, which
+    /// is allowed only to a broker on loopback. Also used by the alert worker.
+    pub tls_ca_file: Option<PathBuf>,
     /// Topics are `{topic_root}/devices/{device_id}/readings` and `.../results`.
     pub topic_root: String,
     /// Shared-subscription group; instances in one group split the load.
@@ -121,6 +124,7 @@ impl Default for MqttSettings {
             client_id: "vigil-ingest-0".into(),
             username: None,
             password: None,
+            tls_ca_file: None,
             topic_root: "vigil/v1".into(),
             share_group: "vigil-ingest".into(),
             session_expiry_secs: 86_400,

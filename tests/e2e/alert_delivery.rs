@@ -166,6 +166,7 @@ fn target(settings: &Settings) -> MqttTarget {
         password: None,
         client_id: format!("vigil-alerts-test-{}", Uuid::new_v4().simple()),
         topic_root: settings.mqtt.topic_root.clone(),
+        tls_ca_file: None,
     }
 }
 

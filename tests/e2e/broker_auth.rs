@@ -444,3 +444,29 @@ async fn devices_connect_over_tls_with_the_development_ca() {
     .await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_ingest_service_reaches_the_broker_over_tls() {
+    let db = TestDb::create().await;
+    let broker = SecureBroker::start(&db.url).await;
+    let mut over_tls = broker.settings.clone();
+    over_tls.mqtt.port = broker.tls_port;
+    over_tls.mqtt.tls_ca_file = Some(broker.ca_file());
+    let app = TestApp::spawn(over_tls).await;
+    let sql = db.client().await;
+    let (_, patient) = team_with_patient(&sql).await;
+    let (device, token) = add_device(&db.url, patient, "glucose_meter").await;
+    let mut client = admitted(broker.port, device, &token).await;
+    client
+        .subscribe(&broker.topic(&format!("devices/{device}/results")))
+        .await;
+    let readings = broker.topic(&format!("devices/{device}/readings"));
+    assert_eq!(
+        client.publish(&readings, &glucose(-15)).await,
+        Answer::Accepted
+    );
+    let (_, payload) = client.next_message().await;
+    let result: serde_json::Value = serde_json::from_str(&payload).expect("JSON result");
+    assert_eq!(result["accepted"], 1, "{payload}");
+    app.stop().await;
+}

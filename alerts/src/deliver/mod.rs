@@ -82,6 +82,8 @@ pub struct MqttTarget {
     pub client_id: String,
     /// e.g. `vigil/v1`; a team's events go to `{topic_root}/teams/{team_id}/alerts`.
     pub topic_root: String,
+    /// CA of the broker's certificate: TLS. Unset: plain TCP, allowed to loopback only.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl MqttTarget {
@@ -114,6 +116,8 @@ pub enum DeliverError {
     Db(#[from] tokio_postgres::Error),
     #[error("webhook client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    MqttTls(#[from] crate::mqtt_tls::MqttTlsError),
 }
 
 pub struct Deliverer {
@@ -154,7 +158,8 @@ enum Outcome {
 
 impl Deliverer {
     /// Connects lazily: the MQTT connection starts with the first round, so this needs no
-    /// runtime. Fails only if the HTTP client cannot be built (TLS set-up).
+    /// runtime. Fails only on TLS set-up: the HTTP client, or MQTT to a broker beyond
+    /// loopback without a CA file.
     pub fn new(
         pool: Pool,
         settings: AlertSettings,
@@ -163,7 +168,7 @@ impl Deliverer {
         let webhooks = webhook::Webhooks::new(Duration::from_secs(settings.webhook_timeout_secs))?;
         Ok(Self {
             pool,
-            mqtt: mqtt::Publisher::new(&mqtt, MQTT_ACK_TIMEOUT),
+            mqtt: mqtt::Publisher::new(&mqtt, MQTT_ACK_TIMEOUT)?,
             target: mqtt,
             settings,
             webhooks,
@@ -398,6 +403,7 @@ mod tests {
             password: None,
             client_id: "c".into(),
             topic_root: "vigil/v1".into(),
+            tls_ca_file: None,
         };
         assert_eq!(
             target.team_topic(Uuid::nil()),

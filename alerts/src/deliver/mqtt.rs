@@ -35,6 +35,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{debug, info, warn};
 
 use super::MqttTarget;
+use crate::mqtt_tls::{self, MqttTlsError};
 
 /// Publishes that may wait in rumqttc's channel; beyond this a publish fails at once and is
 /// retried by the queue instead of piling up behind a slow broker.
@@ -125,9 +126,13 @@ pub(super) struct Publisher {
 }
 
 impl Publisher {
-    pub(super) fn new(target: &MqttTarget, ack_timeout: Duration) -> Self {
+    pub(super) fn new(target: &MqttTarget, ack_timeout: Duration) -> Result<Self, MqttTlsError> {
         let mut options =
             MqttOptions::new(target.client_id.clone(), target.host.clone(), target.port);
+        options.set_transport(mqtt_tls::transport(
+            &target.host,
+            target.tls_ca_file.as_deref(),
+        )?);
         options
             .set_keep_alive(KEEP_ALIVE)
             .set_connection_timeout(CONNECT_TIMEOUT_SECS)
@@ -141,7 +146,7 @@ impl Publisher {
         }
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
         let stop = CancellationToken::new();
-        Self {
+        Ok(Self {
             client,
             shared: Arc::new(Shared {
                 tracker: Mutex::new(Tracker::default()),
@@ -152,7 +157,7 @@ impl Publisher {
             _stop_on_drop: stop.clone().drop_guard(),
             stop,
             ack_timeout,
-        }
+        })
     }
 
     /// Starts the event loop (once), so the connection is up before the first publish.

@@ -21,11 +21,14 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream::FuturesOrdered};
-use rumqttc::v5::{
-    AsyncClient, Event, EventLoop, MqttOptions,
-    mqttbytes::{
-        QoS,
-        v5::{Packet, Publish, PublishProperties},
+use rumqttc::{
+    Transport,
+    v5::{
+        AsyncClient, Event, EventLoop, MqttOptions,
+        mqttbytes::{
+            QoS,
+            v5::{Packet, Publish, PublishProperties},
+        },
     },
 };
 use serde::Serialize;
@@ -55,6 +58,7 @@ const CLIENT_MAX_PACKET: u32 = 16 * 1024 * 1024;
 
 pub struct MqttFrontend {
     settings: MqttSettings,
+    transport: Transport,
     validation: ValidationSettings,
     limits: Arc<DeviceLimits>,
     topics: Topics,
@@ -71,6 +75,7 @@ struct Delivery {
 impl MqttFrontend {
     pub fn new(
         settings: MqttSettings,
+        transport: Transport,
         validation: ValidationSettings,
         limits: Arc<DeviceLimits>,
         writer: WriterHandle,
@@ -79,6 +84,7 @@ impl MqttFrontend {
         Self {
             topics: Topics::new(&settings.topic_root),
             settings,
+            transport,
             validation,
             limits,
             writer,
@@ -91,7 +97,8 @@ impl MqttFrontend {
         let mut options = MqttOptions::new(client_id, s.host.clone(), s.port);
         options
             .set_keep_alive(Duration::from_secs(s.keep_alive_secs))
-            .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
+            .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY)
+            .set_transport(self.transport.clone());
         if let Some(user) = &s.username {
             options.set_credentials(user.clone(), s.password.clone().unwrap_or_default());
         }

@@ -25,4 +25,5 @@ mod migrations;
 mod mqtt_ingest;
 mod quarantine_replay;
 mod simulator;
+mod team_roles;
 mod tokens;

@@ -11,7 +11,7 @@ use super::{StoreError, admin::find_team};
 /// Roles are cluster-wide; PostgreSQL silently truncates longer names.
 const MAX_ROLE_BYTES: usize = 63;
 /// Shorter passwords are refused; generated ones are 43 characters.
-pub const MIN_PASSWORD_CHARS: usize = 16;
+const MIN_PASSWORD_CHARS: usize = 16;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TeamRole {
@@ -89,14 +89,25 @@ pub async fn grant_team_role(
             "role {role} already reads for team {other}"
         )));
     }
-    let exists = tx
-        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&role])
+    let unrestricted: Option<bool> = tx
+        .query_opt(
+            "SELECT rolsuper OR rolbypassrls FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
         .await?
-        .is_some();
+        .map(|r| r.get(0));
+    let exists = unrestricted.is_some();
     if exists && current.is_none() {
         return Err(StoreError::Conflict(format!(
             "role {role} already exists and is no team's role in database {database}; roles are \
              shared by every database on the server, so choose another name with --role"
+        )));
+    }
+    // Changed by hand since it was created; only a superuser can take that back.
+    if unrestricted == Some(true) {
+        return Err(StoreError::Conflict(format!(
+            "role {role} is a superuser or bypasses row-level security, so it would read every \
+             team; remove that attribute (as a superuser) and run this again"
         )));
     }
     // Only a SCRAM verifier is sent, so the password cannot reach the server's logs.
@@ -134,12 +145,22 @@ pub async fn grant_team_role(
         &database,
     )
     .await?;
-    tx.execute(
-        "INSERT INTO team_db_roles (role_name, team_id) VALUES ($1, $2)
-         ON CONFLICT (role_name) DO NOTHING",
-        &[&role, &team_id],
-    )
-    .await?;
+    if current.is_none() {
+        tx.execute(
+            "INSERT INTO team_db_roles (role_name, team_id) VALUES ($1, $2)",
+            &[&role, &team_id],
+        )
+        .await
+        .map_err(|e| {
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+                StoreError::Conflict(format!(
+                    "role {role} or team {team_id} was mapped meanwhile; run this again"
+                ))
+            } else {
+                e.into()
+            }
+        })?;
+    }
     tx.execute(
         "INSERT INTO audit_log (actor_kind, action, detail)
          VALUES ('admin', 'team_grafana_role',

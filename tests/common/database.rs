@@ -87,20 +87,26 @@ impl Drop for TestDb {
             rt.block_on(async {
                 if let Ok((client, conn)) = tokio_postgres::connect(&server, NoTls).await {
                     tokio::spawn(conn);
+                    let for_each_role = |statement: &str| {
+                        format!(
+                            "DO $$ DECLARE r text; BEGIN
+                                 FOR r IN SELECT rolname FROM pg_roles
+                                          WHERE starts_with(rolname, '{name}_') LOOP
+                                     EXECUTE format('{statement}', r);
+                                 END LOOP;
+                             END $$"
+                        )
+                    };
+                    // Sessions still logged in as those roles end with the database, which a
+                    // role that is not a superuser may force only as a member of theirs.
+                    let _ = client
+                        .batch_execute(&for_each_role("GRANT %I TO CURRENT_USER"))
+                        .await;
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
                     // With the database gone the roles own nothing and hold no grants.
-                    let _ = client
-                        .batch_execute(&format!(
-                            "DO $$ DECLARE r text; BEGIN
-                                 FOR r IN SELECT rolname FROM pg_roles
-                                          WHERE starts_with(rolname, '{name}_') LOOP
-                                     EXECUTE format('DROP ROLE %I', r);
-                                 END LOOP;
-                             END $$"
-                        ))
-                        .await;
+                    let _ = client.batch_execute(&for_each_role("DROP ROLE %I")).await;
                 }
             });
         })

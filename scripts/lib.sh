@@ -240,7 +240,8 @@ ensure_db_credentials() {
       # password goes through stdin, not the command line. pg_read_all_settings: the
       # migrations read shared_preload_libraries to tell whether TimescaleDB is loaded,
       # which PostgreSQL shows only to superusers and members of that role. CREATEROLE: the
-      # migrations create the read-only role vigil_grafana used by the dashboards.
+      # migrations create the dashboards' roles vigil_grafana and vigil_team_reader, and
+      # vigil admin team grafana-role creates care teams' roles.
       (cd / && runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 -h /var/run/postgresql -p "$VIGIL_PG_PORT" -d postgres) >/dev/null 2>"$VIGIL_STATE_DIR/role.err" <<SQL || {
 \\set password '$password'
 SELECT format('CREATE ROLE vigil LOGIN CREATEDB CREATEROLE PASSWORD %L', :'password')

@@ -1,7 +1,7 @@
 //! `vigil admin …`: registry and quarantine commands. Human-readable output by default,
 //! JSON with `--json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
@@ -14,7 +14,7 @@ use vigil_ingest::{
     broker::accounts::{self, Role as BrokerRole},
     domain::nhs::NhsNumber,
     replay,
-    store::{self, admin, quarantine},
+    store::{self, admin, quarantine, team_role},
 };
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +102,21 @@ pub enum TeamCommand {
         by: String,
         #[arg(long)]
         reason: String,
+    },
+    /// Create the database role the team's Grafana data source logs in as: it reads that
+    /// team's patients, readings, rollups and alerts and nothing else. Prints the password
+    /// once. Run again to set a new password.
+    GrafanaRole {
+        /// Care team id or name.
+        #[arg(long)]
+        team: String,
+        /// Role name; default: the database's name, `_team_` and the start of the team id.
+        /// Roles are shared by every database on the server.
+        #[arg(long)]
+        role: Option<String>,
+        /// Read the password from this file (first line) instead of generating one.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
     },
 }
 
@@ -244,6 +259,13 @@ impl From<&QuarantineFilter> for quarantine::Filter {
     }
 }
 
+/// The first line of `path`, without its line ending.
+fn read_password(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--password-file {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
 fn optional_timestamp(value: Option<&str>, flag: &str) -> anyhow::Result<Option<OffsetDateTime>> {
     value.map(|v| timestamp(Some(v), flag)).transpose()
 }
@@ -287,6 +309,43 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
             Output::new(
                 json!({ "team_id": team_id, "thresholds": resolved }),
                 format!("team {team_id} thresholds set"),
+            )
+        }
+        AdminCommand::Team {
+            command:
+                TeamCommand::GrafanaRole {
+                    team,
+                    role,
+                    password_file,
+                },
+        } => {
+            let (password, shown) = match password_file {
+                Some(path) => (read_password(&path)?, None),
+                None => {
+                    let generated = team_role::new_password();
+                    (generated.clone(), Some(generated))
+                }
+            };
+            let granted =
+                team_role::grant_team_role(&mut client, &team, role.as_deref(), &password).await?;
+            let what = if granted.created {
+                "created"
+            } else {
+                "given a new password"
+            };
+            let mut text = format!(
+                "role {} {what}; it reads team {}",
+                granted.role, granted.team_id
+            );
+            if let Some(p) = &shown {
+                text.push_str(&format!(
+                    "\npassword  {p}\n(the password is shown only now)"
+                ));
+            }
+            Output::new(
+                json!({ "team_id": granted.team_id, "role": granted.role,
+                        "created": granted.created, "password": shown }),
+                text,
             )
         }
         AdminCommand::Clinician {

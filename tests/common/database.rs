@@ -1,5 +1,6 @@
 //! A database per test, created on a test server and dropped afterwards; shared by the
-//! end-to-end and dashboard tests.
+//! end-to-end and dashboard tests. Roles are cluster-wide: those named after the database
+//! (as `vigil admin team grafana-role` names a team's role by default) go with it.
 
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
@@ -38,6 +39,19 @@ impl TestDb {
     pub async fn client(&self) -> Client {
         connect(&self.url).await
     }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A connection to this database logged in as `role` with `password`.
+    pub async fn login(&self, role: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = self.url.parse()?;
+        config.user(role).password(password);
+        let (client, conn) = config.connect(NoTls).await?;
+        tokio::spawn(conn);
+        Ok(client)
+    }
 }
 
 /// The server URL with its database replaced, credentials and options kept.
@@ -73,9 +87,26 @@ impl Drop for TestDb {
             rt.block_on(async {
                 if let Ok((client, conn)) = tokio_postgres::connect(&server, NoTls).await {
                     tokio::spawn(conn);
+                    let for_each_role = |statement: &str| {
+                        format!(
+                            "DO $$ DECLARE r text; BEGIN
+                                 FOR r IN SELECT rolname FROM pg_roles
+                                          WHERE starts_with(rolname, '{name}_') LOOP
+                                     EXECUTE format('{statement}', r);
+                                 END LOOP;
+                             END $$"
+                        )
+                    };
+                    // Sessions still logged in as those roles end with the database, which a
+                    // role that is not a superuser may force only as a member of theirs.
+                    let _ = client
+                        .batch_execute(&for_each_role("GRANT %I TO CURRENT_USER"))
+                        .await;
                     let _ = client
                         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                         .await;
+                    // With the database gone the roles own nothing and hold no grants.
+                    let _ = client.batch_execute(&for_each_role("DROP ROLE %I")).await;
                 }
             });
         })

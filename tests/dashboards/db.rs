@@ -1,10 +1,14 @@
 //! A fresh, migrated database per test, on plain PostgreSQL or on TimescaleDB, and queries
-//! run the way Grafana's data source runs them: as the read-only role.
+//! run the way Grafana's data sources run them: as the operations role `vigil_grafana`, or
+//! logged in as a care team's role.
 
 use std::time::Duration;
 
 use tokio_postgres::{Client, Row, Statement};
-use vigil_ingest::{config::TimescaleMode, store::migrate};
+use vigil_ingest::{
+    config::TimescaleMode,
+    store::{migrate, team_role},
+};
 
 pub use crate::database::{TestDb, connect, server_url as plain_server};
 
@@ -73,19 +77,88 @@ pub async fn refresh_rollups(client: &Client) {
     }
 }
 
-/// Runs one query as Grafana would, in a read-only transaction as `vigil_grafana`, and
+/// A connection reading as one of Grafana's data sources.
+pub struct Reader<'a> {
+    client: &'a mut Client,
+    /// The role switched to on the owner's connection; none on a team role's own login.
+    switch_to: Option<&'static str>,
+}
+
+impl<'a> Reader<'a> {
+    /// `vigil_grafana`, the operations data source, on the owner's connection.
+    pub fn operations(owner: &'a mut Client) -> Self {
+        Self {
+            client: owner,
+            switch_to: Some("vigil_grafana"),
+        }
+    }
+
+    /// A care team's data source: a connection logged in as the team's role, which is how
+    /// its search_path (the team views first) takes effect.
+    pub fn team(login: &'a mut Client) -> Self {
+        Self {
+            client: login,
+            switch_to: None,
+        }
+    }
+}
+
+/// A care team's name and a connection logged in as its role.
+pub struct TeamLogin {
+    pub team: String,
+    pub client: Client,
+}
+
+/// Gives every care team its role, as `vigil admin team grafana-role` does, and logs in as
+/// each.
+pub async fn team_logins(db: &TestDb, owner: &mut Client) -> Vec<TeamLogin> {
+    let teams: Vec<String> = owner
+        .query("SELECT name FROM care_teams ORDER BY name", &[])
+        .await
+        .expect("teams")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for team in teams {
+        out.push(TeamLogin {
+            client: team_login(db, owner, &team).await,
+            team,
+        });
+    }
+    out
+}
+
+/// Gives `team` its role and logs in as it.
+pub async fn team_login(db: &TestDb, owner: &mut Client, team: &str) -> Client {
+    let password = team_role::new_password();
+    let role = team_role::grant_team_role(owner, team, None, &password)
+        .await
+        .unwrap_or_else(|e| panic!("role for {team}: {e}"));
+    db.login(&role.role, &password)
+        .await
+        .unwrap_or_else(|e| panic!("log in as {}: {e}", role.role))
+}
+
+/// Runs one query as Grafana would, in a read-only transaction as the reader's role, and
 /// returns its statement (for column types) and rows.
-pub async fn run_as_grafana(
-    client: &mut Client,
+pub async fn run_as(
+    reader: &mut Reader<'_>,
     sql: &str,
 ) -> Result<(Statement, Vec<Row>, Duration), String> {
-    let tx = client
+    let tx = reader
+        .client
         .build_transaction()
         .read_only(true)
         .start()
         .await
         .map_err(|e| e.to_string())?;
-    tx.batch_execute("SET LOCAL ROLE vigil_grafana; SET LOCAL statement_timeout = '60s'")
+    if let Some(role) = reader.switch_to {
+        tx.batch_execute(&format!("SET LOCAL ROLE {role}"))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tx.batch_execute("SET LOCAL statement_timeout = '60s'")
         .await
         .map_err(|e| e.to_string())?;
     let started = std::time::Instant::now();

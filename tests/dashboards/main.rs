@@ -1,11 +1,13 @@
 //! Dashboard tests: the shipped Grafana provisioning and dashboards are checked statically,
 //! then every query is run the way Grafana runs it (both interpolation stages emulated, as
-//! the read-only role) against freshly migrated databases seeded with realistic data, on
-//! plain PostgreSQL and, when `VIGIL_TEST_TIMESCALE_URL` is set, on TimescaleDB.
+//! the role of the dashboard's data source: operations, or each care team's) against freshly
+//! migrated databases seeded with realistic data, on plain PostgreSQL and, when
+//! `VIGIL_TEST_TIMESCALE_URL` is set, on TimescaleDB; and no role reads another team's
+//! patients or more than its dashboards need.
 //!
 //! Environment: `VIGIL_TEST_DATABASE_URL` (a server where the role may create databases and
-//! roles), optionally `VIGIL_TEST_TIMESCALE_URL`, and for the benchmark
-//! `VIGIL_BENCH_CGM_PATIENTS`.
+//! roles, and on which roles may log in from this host with a password), optionally
+//! `VIGIL_TEST_TIMESCALE_URL`, and for the benchmark `VIGIL_BENCH_CGM_PATIENTS`.
 
 // Shared with the end-to-end tests, which use all of it.
 #[path = "../common/database.rs"]
@@ -17,6 +19,7 @@ mod model;
 mod panels;
 mod rollups;
 mod seed;
+mod team_access;
 mod validate;
 
 use std::collections::{BTreeSet, HashMap};
@@ -24,14 +27,28 @@ use std::collections::{BTreeSet, HashMap};
 use time::OffsetDateTime;
 
 use crate::{
+    db::{Reader, TeamLogin},
     grafana::VarValue,
-    model::QueryKind,
+    model::{Audience, QueryKind},
     panels::{Outcome, assert_ok},
 };
 
 #[test]
 fn shipped_files_pass_the_validator() {
-    let mut problems = validate::provisioning(&model::datasource_files(), &model::provider_files());
+    let mut problems = validate::provisioning(
+        &model::datasource_files(),
+        &model::provider_files(),
+        Audience::Operations,
+    );
+    problems.extend(validate::provisioning(
+        &model::team_datasource_files(),
+        &model::team_provider_files(),
+        Audience::CareTeam,
+    ));
+    problems.extend(validate::same_data_source(
+        &model::datasource_files(),
+        &model::team_datasource_files(),
+    ));
     problems.extend(validate::dashboards(
         &model::dashboards(),
         &model::datasource().uid,
@@ -74,10 +91,11 @@ fn report_slowest(server: &str, outcomes: &[Outcome]) {
 }
 
 async fn every_query_runs_on_seeded_data(server: &str) {
-    let (_db, mut client) = db::migrated(server).await;
+    let (db, mut client) = db::migrated(server).await;
     let now = OffsetDateTime::now_utc();
     seed::seed(&client, 42, now, 3).await;
     db::refresh_rollups(&client).await;
+    let mut teams = db::team_logins(&db, &mut client).await;
     // A live database has statistics (autovacuum); a freshly seeded one has none.
     client.batch_execute("ANALYZE").await.expect("analyze");
     let timescale = db::engine(&client).await == "timescaledb";
@@ -86,29 +104,36 @@ async fn every_query_runs_on_seeded_data(server: &str) {
     assert!(!model::datasource().timescaledb);
     let flags: &[bool] = if timescale { &[true, false] } else { &[false] };
     for &flag in flags {
-        let outcomes = assert_ok(panels::run_all(&mut client, &panels::ranges(now), flag).await);
+        let outcomes =
+            assert_ok(panels::run_all(&mut client, &mut teams, &panels::ranges(now), flag).await);
         assert_every_query_shows_data(&outcomes);
         report_slowest(&format!("{server} (timescaledb flag {flag})"), &outcomes);
-        worklist_lists_the_right_patients(&mut client, now, flag).await;
+        worklist_lists_the_right_patients(&mut teams, now, flag).await;
     }
 }
 
-async fn team_id(client: &tokio_postgres::Client, name: &str) -> String {
-    client
+/// The team's id and its login, as the team's own role sees it.
+async fn team<'a>(teams: &'a mut [TeamLogin], name: &str) -> (String, &'a mut TeamLogin) {
+    let login = teams
+        .iter_mut()
+        .find(|t| t.team == name)
+        .unwrap_or_else(|| panic!("no login for {name}"));
+    let id = login
+        .client
         .query_one("SELECT id::text FROM care_teams WHERE name = $1", &[&name])
         .await
-        .expect("team")
-        .get(0)
+        .expect("the team's role sees its team")
+        .get(0);
+    (id, login)
 }
 
-/// The worklist picks out the patients the seeded data makes out of target, and only them.
+/// The worklist picks out the patients the seeded data makes out of target, and only them,
+/// each team's as that team's role.
 async fn worklist_lists_the_right_patients(
-    client: &mut tokio_postgres::Client,
+    teams: &mut [TeamLogin],
     now: OffsetDateTime,
     flag: bool,
 ) {
-    let clinic = team_id(client, "Hypertension clinic").await;
-    let diabetes = team_id(client, "Diabetes team").await;
     let range = panels::ranges(now)[2].1;
     let vars = |team: &str, quiet: &str| {
         HashMap::from([
@@ -117,8 +142,10 @@ async fn worklist_lists_the_right_patients(
         ])
     };
 
+    let (clinic, login) = team(teams, "Hypertension clinic").await;
+    let mut client = Reader::team(&mut login.client);
     let above = panels::run_one(
-        client,
+        &mut client,
         "vigil-worklist / Patients above their blood pressure target / A",
         &vars(&clinic, "3 days"),
         &range,
@@ -136,7 +163,7 @@ async fn worklist_lists_the_right_patients(
     );
 
     let quiet_3 = panels::run_one(
-        client,
+        &mut client,
         "vigil-worklist / Patients with missing data / A",
         &vars(&clinic, "3 days"),
         &range,
@@ -144,7 +171,7 @@ async fn worklist_lists_the_right_patients(
     )
     .await;
     let quiet_7 = panels::run_one(
-        client,
+        &mut client,
         "vigil-worklist / Patients with missing data / A",
         &vars(&clinic, "7 days"),
         &range,
@@ -165,8 +192,10 @@ async fn worklist_lists_the_right_patients(
     );
     assert_eq!(quiet_7.len(), 1);
 
+    let (diabetes, login) = team(teams, "Diabetes team").await;
+    let mut client = Reader::team(&mut login.client);
     let low_tir = panels::run_one(
-        client,
+        &mut client,
         "vigil-worklist / Patients with low time in range (CGM, 14 days) / A",
         &vars(&diabetes, "3 days"),
         &range,
@@ -206,10 +235,14 @@ async fn every_query_runs_as_grafana_on_seeded_data() {
 #[tokio::test]
 async fn every_query_runs_on_an_empty_database() {
     for server in db::servers() {
-        let (_db, mut client) = db::migrated(&server).await;
+        let (db, mut client) = db::migrated(&server).await;
+        vigil_ingest::store::admin::add_team(&client, "New team")
+            .await
+            .expect("team");
+        let mut teams = db::team_logins(&db, &mut client).await;
         let timescale = db::engine(&client).await == "timescaledb";
         let now = OffsetDateTime::now_utc();
-        assert_ok(panels::run_all(&mut client, &panels::ranges(now), timescale).await);
+        assert_ok(panels::run_all(&mut client, &mut teams, &panels::ranges(now), timescale).await);
     }
 }
 
@@ -224,7 +257,7 @@ async fn benchmark_slowest_panel_at_90_days() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
     for server in db::servers() {
-        let (_db, mut client) = db::migrated(&server).await;
+        let (db, mut client) = db::migrated(&server).await;
         let now = OffsetDateTime::now_utc();
         let started = std::time::Instant::now();
         let seeded = seed::seed(&client, 1, now, patients).await;
@@ -240,7 +273,9 @@ async fn benchmark_slowest_panel_at_90_days() {
         );
         let timescale = db::engine(&client).await == "timescaledb";
         let ninety = &panels::ranges(now)[3..];
-        let mut outcomes = assert_ok(panels::run_all(&mut client, ninety, timescale).await);
+        let mut teams = db::team_logins(&db, &mut client).await;
+        let mut outcomes =
+            assert_ok(panels::run_all(&mut client, &mut teams, ninety, timescale).await);
         outcomes.sort_by_key(|o| std::cmp::Reverse(o.took));
         for o in outcomes.iter().take(5) {
             eprintln!(

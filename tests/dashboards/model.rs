@@ -70,7 +70,47 @@ pub fn provider_files() -> Vec<Loaded> {
     )
 }
 
-/// The one provisioned data source.
+/// The example provisioning of one care team's organization.
+pub fn team_datasource_files() -> Vec<Loaded> {
+    load(
+        &root().join("team-provisioning/datasources"),
+        &["yaml", "yml"],
+        parse_yaml,
+    )
+}
+
+pub fn team_provider_files() -> Vec<Loaded> {
+    load(
+        &root().join("team-provisioning/dashboards"),
+        &["yaml", "yml"],
+        parse_yaml,
+    )
+}
+
+/// Whom a dashboard is for, by its tag, and so which data source role runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Tag `operations`: the operations organization, as `vigil_grafana`.
+    Operations,
+    /// Tag `clinician`: a care team's organization, as the team's role.
+    CareTeam,
+}
+
+pub fn audience(dashboard: &Value) -> Option<Audience> {
+    let tags: Vec<&str> = dashboard["tags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    match (tags.contains(&"operations"), tags.contains(&"clinician")) {
+        (true, false) => Some(Audience::Operations),
+        (false, true) => Some(Audience::CareTeam),
+        _ => None,
+    }
+}
+
+/// The operations data source (a team's has the same uid and settings, another role).
 pub struct Datasource {
     pub uid: String,
     pub timescaledb: bool,

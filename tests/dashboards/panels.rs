@@ -1,6 +1,7 @@
 //! Runs every query of every dashboard as Grafana would: variables resolved from their own
 //! queries, both interpolation stages emulated, each range and each variable value, as the
-//! read-only role; then checks the result has the shape its panel needs.
+//! role of the data source the dashboard is for (operations, or each care team's); then
+//! checks the result has the shape its panel needs.
 
 use std::{collections::HashMap, error::Error, time::Duration};
 
@@ -12,9 +13,9 @@ use tokio_postgres::{
 };
 
 use crate::{
-    db,
+    db::{self, Reader, TeamLogin},
     grafana::{self, TimeRange, VarValue},
-    model::{self, Query, QueryKind},
+    model::{self, Audience, Loaded, Query, QueryKind},
 };
 
 /// The ranges every query runs over.
@@ -37,30 +38,83 @@ pub struct Outcome {
     pub took: Duration,
 }
 
-/// Runs every query of every shipped dashboard over `ranges`, for every variable value.
-/// Returns the outcomes, or every failure.
+/// Runs every query of every shipped dashboard over `ranges`, for every variable value:
+/// operations dashboards as `vigil_grafana` on the owner's connection, care team dashboards
+/// as each team's login. Returns the outcomes, or every failure.
 pub async fn run_all(
-    client: &mut Client,
+    owner: &mut Client,
+    teams: &mut [TeamLogin],
     ranges: &[(&'static str, TimeRange)],
     timescaledb: bool,
 ) -> Result<Vec<Outcome>, Vec<String>> {
-    let ds = model::datasource();
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
     for file in model::dashboards() {
+        match model::audience(&file.value) {
+            Some(Audience::Operations) => {
+                let mut reader = Reader::operations(owner);
+                let run = Run {
+                    who: "operations",
+                    ranges,
+                    timescaledb,
+                };
+                run.dashboard(&mut reader, &file, &mut outcomes, &mut failures)
+                    .await;
+            }
+            Some(Audience::CareTeam) if teams.is_empty() => {
+                failures.push(format!("{}: no care team role to run it as", file.name));
+            }
+            Some(Audience::CareTeam) => {
+                for login in teams.iter_mut() {
+                    let mut reader = Reader::team(&mut login.client);
+                    let run = Run {
+                        who: &login.team,
+                        ranges,
+                        timescaledb,
+                    };
+                    run.dashboard(&mut reader, &file, &mut outcomes, &mut failures)
+                        .await;
+                }
+            }
+            None => failures.push(format!("{}: no audience tag", file.name)),
+        }
+    }
+    if failures.is_empty() {
+        Ok(outcomes)
+    } else {
+        Err(failures)
+    }
+}
+
+/// Who runs the dashboards, over which ranges, with which data source flag.
+struct Run<'a> {
+    who: &'a str,
+    ranges: &'a [(&'static str, TimeRange)],
+    timescaledb: bool,
+}
+
+impl Run<'_> {
+    async fn dashboard(
+        &self,
+        reader: &mut Reader<'_>,
+        file: &Loaded,
+        outcomes: &mut Vec<Outcome>,
+        failures: &mut Vec<String>,
+    ) {
+        let ds = model::datasource();
         let d = &file.value;
         let queries = model::queries(d);
         let panels_by_place = panel_options(d);
-        for (label, range) in ranges {
-            let combos = match variable_values(client, d, range).await {
+        for (label, range) in self.ranges {
+            let combos = match variable_values(reader, d, range).await {
                 Ok(c) => c,
                 Err(e) => {
-                    failures.push(format!("{}: variables: {e}", file.name));
+                    failures.push(format!("{} as {}: variables: {e}", file.name, self.who));
                     continue;
                 }
             };
             for vars in &combos {
-                let shown = show(vars);
+                let shown = format!("{}; as {}", show(vars), self.who);
                 for q in queries.iter().filter(|q| q.kind != QueryKind::Variable) {
                     let interval = grafana::panel_interval(
                         range,
@@ -70,7 +124,7 @@ pub async fn run_all(
                     let at = format!("{} [{label}; {shown}]", q.place);
                     let sql = grafana::interpolate_frontend(&q.sql, vars, range, &interval)
                         .and_then(|s| {
-                            grafana::interpolate_backend(&s, range, interval.1, timescaledb)
+                            grafana::interpolate_backend(&s, range, interval.1, self.timescaledb)
                         });
                     let sql = match sql {
                         Ok(s) => s,
@@ -79,7 +133,7 @@ pub async fn run_all(
                             continue;
                         }
                     };
-                    match db::run_as_grafana(client, &sql).await {
+                    match db::run_as(reader, &sql).await {
                         Ok((stmt, rows, took)) => {
                             let options = panels_by_place
                                 .get(&q.place)
@@ -102,17 +156,12 @@ pub async fn run_all(
             }
         }
     }
-    if failures.is_empty() {
-        Ok(outcomes)
-    } else {
-        Err(failures)
-    }
 }
 
 /// Runs the query at `place` (dashboard uid / panel title / refId) as Grafana would with
 /// these variable values, and returns its rows.
 pub async fn run_one(
-    client: &mut Client,
+    reader: &mut Reader<'_>,
     place: &str,
     vars: &HashMap<String, VarValue>,
     range: &TimeRange,
@@ -132,7 +181,7 @@ pub async fn run_one(
     let sql = grafana::interpolate_frontend(&q.sql, vars, range, &interval)
         .and_then(|s| grafana::interpolate_backend(&s, range, interval.1, timescaledb))
         .unwrap_or_else(|e| panic!("{place}: {e}"));
-    db::run_as_grafana(client, &sql)
+    db::run_as(reader, &sql)
         .await
         .unwrap_or_else(|e| panic!("{place}: {e}"))
         .1
@@ -171,7 +220,7 @@ fn panel_options(d: &Value) -> HashMap<String, Value> {
 /// the variables before it, as Grafana does on load. A variable without options has the
 /// empty value, which `sqlstring` turns into `''`.
 async fn variable_values(
-    client: &mut Client,
+    reader: &mut Reader<'_>,
     d: &Value,
     range: &TimeRange,
 ) -> Result<Vec<HashMap<String, VarValue>>, String> {
@@ -197,7 +246,7 @@ async fn variable_values(
                     let sql =
                         grafana::interpolate_frontend(sql, &vars, range, &("1m".into(), 60_000))
                             .and_then(|s| grafana::interpolate_backend(&s, range, 60_000, false))?;
-                    let (_, rows, _) = db::run_as_grafana(client, &sql).await?;
+                    let (_, rows, _) = db::run_as(reader, &sql).await?;
                     rows.iter().map(|r| r.get::<_, String>("__value")).collect()
                 }
                 other => return Err(format!("variable type {other:?} is not emulated")),

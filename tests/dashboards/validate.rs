@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{
     grafana::{MACRO, MACROS, VARIABLE},
-    model::{Loaded, panels, queries, variable_sql},
+    model::{Audience, Loaded, audience, panels, queries, variable_sql},
 };
 
 const DATASOURCE_TYPES: &[&str] = &["grafana-postgresql-datasource", "postgres"];
@@ -22,9 +22,12 @@ const VARIABLE_FORMATS: &[&str] = &["sqlstring", "csv"];
 /// Target keys the backend refuses ("query fill-parameters not supported").
 const FILL_KEYS: &[&str] = &["fill", "fillInterval", "fillMode", "fillValue"];
 
-pub fn provisioning(datasources: &[Loaded], providers: &[Loaded]) -> Vec<String> {
+/// The provisioning of one Grafana organization: operations (`vigil_grafana`, organization
+/// 1) or a care team's (the team's role, its own organization, shared by its provider).
+pub fn provisioning(datasources: &[Loaded], providers: &[Loaded], who: Audience) -> Vec<String> {
     let mut problems = Vec::new();
     let mut uids = HashSet::new();
+    let mut orgs = HashSet::new();
     for f in datasources {
         if f.value["apiVersion"].as_i64() != Some(1) {
             problems.push(format!("{}: apiVersion must be 1", f.name));
@@ -60,10 +63,34 @@ pub fn provisioning(datasources: &[Loaded], providers: &[Loaded]) -> Vec<String>
             if !ds["jsonData"]["timescaledb"].is_boolean() {
                 problems.push(format!("{at}: jsonData.timescaledb must be true or false"));
             }
-            if ds["user"] != "vigil_grafana" {
-                problems.push(format!(
-                    "{at}: user must be the read-only role vigil_grafana"
-                ));
+            let org = ds["orgId"].as_i64().unwrap_or(1);
+            orgs.insert(org);
+            match who {
+                Audience::Operations => {
+                    if ds["user"] != "vigil_grafana" {
+                        problems.push(format!(
+                            "{at}: user must be the read-only role vigil_grafana"
+                        ));
+                    }
+                    if org != 1 {
+                        problems.push(format!("{at}: operations is organization 1"));
+                    }
+                }
+                Audience::CareTeam => {
+                    if ds["user"]
+                        .as_str()
+                        .is_none_or(|u| u.is_empty() || u == "vigil_grafana")
+                    {
+                        problems.push(format!(
+                            "{at}: user must be the care team's role, not vigil_grafana"
+                        ));
+                    }
+                    if org == 1 {
+                        problems.push(format!(
+                            "{at}: a care team needs its own organization, not organization 1"
+                        ));
+                    }
+                }
             }
             let password = ds["secureJsonData"]["password"].as_str().unwrap_or("");
             if !(password.starts_with("${") && password.ends_with('}')) {
@@ -92,6 +119,38 @@ pub fn provisioning(datasources: &[Loaded], providers: &[Loaded]) -> Vec<String>
             if p["options"]["path"].as_str().is_none_or(str::is_empty) {
                 problems.push(format!("{}: provider {name} needs options.path", f.name));
             }
+            let org = p["orgId"].as_i64().unwrap_or(1);
+            if !orgs.contains(&org) {
+                problems.push(format!(
+                    "{}: provider {name} loads into organization {org}, which has no Vigil data source",
+                    f.name
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// A care team's data source must be the one the dashboards were written for, under
+/// another role: the same uid and interval.
+pub fn same_data_source(operations: &[Loaded], team: &[Loaded]) -> Vec<String> {
+    let first = |files: &[Loaded]| files.first().map(|f| f.value["datasources"][0].clone());
+    let (Some(ops), Some(team)) = (first(operations), first(team)) else {
+        return vec!["operations and team data sources must both be provisioned".into()];
+    };
+    let mut problems = Vec::new();
+    for (what, a, b) in [
+        ("uid", &ops["uid"], &team["uid"]),
+        (
+            "jsonData.timeInterval",
+            &ops["jsonData"]["timeInterval"],
+            &team["jsonData"]["timeInterval"],
+        ),
+    ] {
+        if a != b {
+            problems.push(format!(
+                "the team data source's {what} {b} differs from operations' {a}"
+            ));
         }
     }
     problems
@@ -122,6 +181,11 @@ pub fn dashboards(files: &[Loaded], datasource_uid: &str) -> Vec<String> {
         }
         if d["schemaVersion"].as_i64() != Some(42) {
             problems.push(format!("{at}: schemaVersion must be 42"));
+        }
+        if audience(d).is_none() {
+            problems.push(format!(
+                "{at}: exactly one of the tags operations and clinician says whose data source runs it"
+            ));
         }
         problems.extend(layout(at, d));
         problems.extend(datasources_and_targets(at, d, datasource_uid));
@@ -390,7 +454,7 @@ mod tests {
     /// A minimal valid dashboard; tests break one thing at a time.
     fn good() -> Value {
         json!({
-            "uid": "ok", "title": "OK", "schemaVersion": 42,
+            "uid": "ok", "title": "OK", "schemaVersion": 42, "tags": ["clinician"],
             "annotations": {"list": []},
             "templating": {"list": [
                 {"type": "query", "name": "team", "datasource": ds(),
@@ -458,6 +522,10 @@ mod tests {
         expect(
             |d| d["panels"][1]["gridPos"]["x"] = json!(6),
             "overlaps panel A",
+        );
+        expect(
+            |d| d["tags"] = json!(["clinician", "operations"]),
+            "exactly one of the tags",
         );
     }
 
@@ -625,7 +693,53 @@ mod tests {
     fn provisioning_problems(edit: impl FnOnce(&mut Value, &mut Value)) -> Vec<String> {
         let (mut ds, mut prov) = good_provisioning();
         edit(&mut ds, &mut prov);
-        provisioning(&[loaded("ds.yaml", ds)], &[loaded("p.yaml", prov)])
+        provisioning(
+            &[loaded("ds.yaml", ds)],
+            &[loaded("p.yaml", prov)],
+            Audience::Operations,
+        )
+    }
+
+    #[test]
+    fn a_team_organization_is_checked() {
+        let team = |edit: fn(&mut Value, &mut Value)| {
+            let (mut ds, mut prov) = good_provisioning();
+            ds["datasources"][0]["user"] = json!("${TEAM_ROLE}");
+            ds["datasources"][0]["orgId"] = json!(2);
+            prov["providers"][0]["orgId"] = json!(2);
+            edit(&mut ds, &mut prov);
+            provisioning(
+                &[loaded("ds.yaml", ds)],
+                &[loaded("p.yaml", prov)],
+                Audience::CareTeam,
+            )
+        };
+        assert_eq!(team(|_, _| {}), Vec::<String>::new());
+        type Edit = fn(&mut Value, &mut Value);
+        let cases: [(Edit, &str); 3] = [
+            (
+                |d, _| d["datasources"][0]["user"] = json!("vigil_grafana"),
+                "the care team's role",
+            ),
+            (
+                |d, p| {
+                    d["datasources"][0]["orgId"] = json!(1);
+                    p["providers"][0]["orgId"] = json!(1);
+                },
+                "its own organization",
+            ),
+            (
+                |_, p| p["providers"][0]["orgId"] = json!(3),
+                "has no Vigil data source",
+            ),
+        ];
+        for (edit, needle) in cases {
+            let problems = team(edit);
+            assert!(
+                problems.iter().any(|p| p.contains(needle)),
+                "expected {needle:?} in {problems:#?}"
+            );
+        }
     }
 
     #[test]
@@ -664,6 +778,10 @@ mod tests {
             (
                 Box::new(|d, _| d["datasources"][0]["user"] = json!("postgres")),
                 "read-only role",
+            ),
+            (
+                Box::new(|d, _| d["datasources"][0]["orgId"] = json!(2)),
+                "operations is organization 1",
             ),
             (
                 Box::new(|d, _| {

@@ -28,4 +28,5 @@ mod mqtt_ingest;
 mod quarantine_replay;
 mod secure_broker;
 mod simulator;
+mod team_roles;
 mod tokens;

@@ -14,6 +14,9 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The database refused the connecting role a privilege the command needs.
+    #[error("{0}")]
+    NotPermitted(String),
     #[error("write failed: {0}")]
     Failed(String),
     #[error("the writer has stopped")]
@@ -54,7 +57,7 @@ impl StoreError {
 }
 
 /// tokio-postgres prints only "db error"; the server's message and code are in the source.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
             let mut text = format!("{} ({})", db.message(), db.code().code());

@@ -51,6 +51,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0007_erasure.sql"),
     },
     Migration {
+        version: 8,
+        name: "team_read_access",
+        sql: include_str!("../../migrations/0008_team_read_access.sql"),
+    },
+    Migration {
         version: 10,
         name: "broker_credentials",
         sql: include_str!("../../migrations/0010_broker_credentials.sql"),

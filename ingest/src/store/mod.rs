@@ -8,6 +8,7 @@ pub mod migrate;
 pub mod pool;
 pub mod quarantine;
 pub mod rows;
+pub mod team_role;
 pub mod writer;
 
 pub use error::StoreError;

@@ -50,6 +50,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "erasure",
         sql: include_str!("../../migrations/0007_erasure.sql"),
     },
+    Migration {
+        version: 9,
+        name: "consent",
+        sql: include_str!("../../migrations/0009_consent.sql"),
+    },
 ];
 
 const LOCK_KEY: i64 = 0x5649_4749_4c00_0001;

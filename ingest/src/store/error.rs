@@ -14,6 +14,8 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error(transparent)]
+    Consent(#[from] vigil_alerts::consent::ChangeError),
     #[error("write failed: {0}")]
     Failed(String),
     #[error("the writer has stopped")]

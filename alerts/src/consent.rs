@@ -53,7 +53,8 @@ pub struct Consent {
     pub state: State,
     pub paused_until: Option<OffsetDateTime>,
     pub reason: Option<String>,
-    pub changed_at: OffsetDateTime,
+    /// When the state was last set; `None` if it never changed since enrolment.
+    pub changed_at: Option<OffsetDateTime>,
 }
 
 /// A pause in force: what alerts raised during it are marked with.
@@ -82,15 +83,19 @@ impl Consent {
         })
     }
 
-    /// Since when the patient has been monitored without a break, as of `at`: `None` while
-    /// paused or withdrawn. A pause that ran out ended at its `until`; otherwise monitoring
-    /// runs from the last change (enrolment, resumption or re-enrolment).
-    pub fn monitored_since(&self, at: OffsetDateTime) -> Option<OffsetDateTime> {
+    /// When monitoring in force at `at` resumed after its last break: the end of a pause
+    /// that ran out, or a resumption or re-enrolment. `None` when it never had a break, or
+    /// is not in force (paused or withdrawn).
+    pub fn resumed_at(&self, at: OffsetDateTime) -> Option<OffsetDateTime> {
         match (self.at(at), self.state) {
             (State::Enrolled, State::Paused) => self.paused_until,
-            (State::Enrolled, _) => Some(self.changed_at),
+            (State::Enrolled, _) => self.changed_at,
             _ => None,
         }
+    }
+
+    fn since(&self) -> String {
+        self.changed_at.map(rfc3339).unwrap_or_default()
     }
 }
 
@@ -182,7 +187,7 @@ impl Change {
     /// be made.
     pub fn apply(self, current: &Consent, now: OffsetDateTime) -> Result<State, ChangeError> {
         let withdrawn = || ChangeError::Withdrawn {
-            since: rfc3339(current.changed_at),
+            since: current.since(),
         };
         match (self, current.at(now)) {
             (Self::Pause { until }, State::Enrolled | State::Paused) => {
@@ -203,7 +208,7 @@ impl Change {
             }),
             (Self::Withdraw, State::Enrolled | State::Paused) => Ok(State::Withdrawn),
             (Self::Withdraw, State::Withdrawn) => Err(ChangeError::AlreadyWithdrawn {
-                since: rfc3339(current.changed_at),
+                since: current.since(),
             }),
             (Self::Reenrol, State::Withdrawn) => Ok(State::Enrolled),
             (Self::Reenrol, state) => Err(ChangeError::NotWithdrawn { state }),
@@ -225,7 +230,7 @@ mod tests {
             state,
             paused_until: until,
             reason: Some("in hospital".into()),
-            changed_at: datetime!(2026-11-01 09:00 UTC),
+            changed_at: Some(datetime!(2026-11-01 09:00 UTC)),
         }
     }
 
@@ -255,19 +260,24 @@ mod tests {
     }
 
     #[test]
-    fn monitoring_runs_from_the_end_of_a_pause_or_the_last_change() {
+    fn monitoring_resumes_at_the_end_of_a_pause_or_the_last_change() {
         let ended = NOW - Duration::hours(2);
         assert_eq!(
-            consent(State::Paused, Some(ended)).monitored_since(NOW),
+            consent(State::Paused, Some(ended)).resumed_at(NOW),
             Some(ended)
         );
         assert_eq!(
-            consent(State::Paused, Some(NOW + Duration::hours(2))).monitored_since(NOW),
+            consent(State::Paused, Some(NOW + Duration::hours(2))).resumed_at(NOW),
             None
         );
-        let enrolled = consent(State::Enrolled, None);
-        assert_eq!(enrolled.monitored_since(NOW), Some(enrolled.changed_at));
-        assert_eq!(consent(State::Withdrawn, None).monitored_since(NOW), None);
+        let resumed = consent(State::Enrolled, None);
+        assert_eq!(resumed.resumed_at(NOW), resumed.changed_at);
+        let never_changed = Consent {
+            changed_at: None,
+            ..resumed
+        };
+        assert_eq!(never_changed.resumed_at(NOW), None);
+        assert_eq!(consent(State::Withdrawn, None).resumed_at(NOW), None);
     }
 
     #[test]

@@ -10,13 +10,11 @@ ALTER TABLE patients
         CHECK (consent_state IN ('enrolled', 'paused', 'withdrawn')),
     ADD COLUMN paused_until timestamptz,
     ADD COLUMN consent_reason text CHECK (length(consent_reason) <= 2000),
+    -- NULL until the first change: enrolled since `created_at`.
     ADD COLUMN consent_changed_at timestamptz,
-    ADD CONSTRAINT patients_pause_ends CHECK ((consent_state = 'paused') = (paused_until IS NOT NULL));
--- Patients enrolled before consent was modelled have been enrolled since they were added.
-UPDATE patients SET consent_changed_at = created_at;
-ALTER TABLE patients
-    ALTER COLUMN consent_changed_at SET NOT NULL,
-    ALTER COLUMN consent_changed_at SET DEFAULT now();
+    ADD CONSTRAINT patients_pause_ends CHECK ((consent_state = 'paused') = (paused_until IS NOT NULL)),
+    ADD CONSTRAINT patients_consent_changed
+        CHECK (consent_state = 'enrolled' OR consent_changed_at IS NOT NULL);
 
 -- The states are those in force when the change was made (a pause that had run out counts
 -- as enrolled). The reason is free text and may hold health data: Grafana is not granted

@@ -15,6 +15,7 @@ mod alert_delivery;
 mod alert_rules;
 mod bad_input;
 mod broker_restart;
+mod consent;
 mod crash;
 mod database_outage;
 mod duplicates;

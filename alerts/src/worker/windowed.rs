@@ -103,7 +103,7 @@ pub async fn evaluate_patient(
     }
     let (team, thresholds) = (settings.team_id, &settings.thresholds);
     let pause = settings.consent.pause_at(now);
-    let monitored_since = settings.consent.monitored_since(now);
+    let resumed_at = settings.consent.resumed_at(now);
     let age = age(&*tx, patient, now).await?;
     let verdicts = [
         (
@@ -116,9 +116,10 @@ pub async fn evaluate_patient(
         ),
     ]
     .into_iter()
-    .chain(match monitored_since {
-        Some(since) => missing(&*tx, patient, now, since, thresholds).await?,
-        None => Vec::new(),
+    .chain(if pause.is_none() {
+        missing(&*tx, patient, now, resumed_at, thresholds).await?
+    } else {
+        Vec::new()
     });
     for (rule, verdict) in verdicts {
         apply(&*tx, patient, team, &rule, verdict, now, pause.as_ref()).await?;
@@ -214,13 +215,12 @@ async fn cgm(
 }
 
 /// Missing data per bound device kind; silence counts from the newest reading, the binding
-/// or `monitored_since` (the end of a pause, a resumption or re-enrolment), whichever is
-/// latest.
+/// or `resumed_at` (the end of a pause, a resumption or re-enrolment), whichever is latest.
 async fn missing(
     db: &impl GenericClient,
     patient: Uuid,
     now: OffsetDateTime,
-    monitored_since: OffsetDateTime,
+    resumed_at: Option<OffsetDateTime>,
     t: &Thresholds,
 ) -> Result<Vec<(String, Verdict)>, JobError> {
     let rows = db
@@ -241,7 +241,9 @@ async fn missing(
             let kind: String = r.get(0);
             let bound: OffsetDateTime = r.get(1);
             let last: Option<OffsetDateTime> = r.get(2);
-            let quiet_since = last.map_or(bound, |l| l.max(bound)).max(monitored_since);
+            let quiet_since = last
+                .map_or(bound, |l| l.max(bound))
+                .max(resumed_at.unwrap_or(bound));
             let verdict = windowed::missing_data(&kind, quiet_since, now, t);
             (format!("data.missing.{kind}"), verdict)
         })

@@ -75,9 +75,8 @@ fn state(s: &str) -> State {
     State::parse(s).unwrap_or(State::Enrolled)
 }
 
-const CONSENT: &str =
-    "SELECT consent_state, paused_until, consent_reason, consent_changed_at, now() FROM patients
-     WHERE id = $1";
+const CONSENT: &str = "SELECT consent_state, paused_until, consent_reason, consent_changed_at,
+     now(), created_at FROM patients WHERE id = $1";
 
 fn consent(row: &tokio_postgres::Row) -> (Consent, OffsetDateTime) {
     (
@@ -205,10 +204,14 @@ pub async fn report(client: &Client, patient: Uuid) -> Result<Report, StoreError
             reason: r.get(5),
         })
         .collect();
+    let enrolled_at: OffsetDateTime = row.get(5);
     Ok(Report {
         patient_id: patient,
         state: current.at(now),
-        since: current.monitored_since(now).unwrap_or(current.changed_at),
+        since: current
+            .resumed_at(now)
+            .or(current.changed_at)
+            .unwrap_or(enrolled_at),
         paused_until: current.pause_at(now).map(|p| p.until),
         reason: current.reason,
         history,

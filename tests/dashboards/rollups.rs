@@ -256,6 +256,7 @@ async fn grafana_role_reads_only_what_dashboards_show_on(server: &str) {
         "SELECT payload FROM quarantine",
         "SELECT * FROM audit_log",
         "SELECT * FROM device_bindings",
+        "SELECT reason FROM consent_changes",
     ] {
         let err = db::run_as_grafana(&mut client, sql)
             .await

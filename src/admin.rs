@@ -8,13 +8,13 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
 use uuid::Uuid;
-use vigil_alerts::{admin as alert_admin, clinicians, secrets};
+use vigil_alerts::{admin as alert_admin, clinicians, consent::Change, secrets};
 use vigil_ingest::{
     Settings,
     broker::accounts::{self, Role as BrokerRole},
     domain::nhs::NhsNumber,
     replay,
-    store::{self, admin, quarantine, team_role},
+    store::{self, admin, consent, quarantine, team_role},
 };
 
 #[derive(Debug, Subcommand)]
@@ -161,8 +161,62 @@ pub enum PatientCommand {
         #[arg(long)]
         date_of_birth: Option<String>,
     },
+    /// Pause monitoring until a time: readings are still stored, alerts are recorded but
+    /// suppressed (not pushed, not escalated), missing data raises nothing. Ends by itself.
+    Pause {
+        #[arg(long)]
+        patient: Uuid,
+        /// When monitoring resumes: RFC 3339, or a date (YYYY-MM-DD, meaning 00:00 UTC).
+        #[arg(long)]
+        until: String,
+        /// Who decided it: a named person (recorded and audited).
+        #[arg(long)]
+        by: String,
+        /// Why (recorded and audited; erased with the patient).
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a pause now.
+    Resume {
+        #[arg(long)]
+        patient: Uuid,
+        /// Who decided it: a named person (recorded and audited).
+        #[arg(long)]
+        by: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Withdraw the patient from monitoring: their readings are refused and not kept, their
+    /// open alerts are closed. Lasts until `reenrol`.
+    Withdraw {
+        #[arg(long)]
+        patient: Uuid,
+        /// Who decided it: a named person (recorded and audited).
+        #[arg(long)]
+        by: String,
+        /// Why (recorded and audited; erased with the patient).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Start monitoring a withdrawn patient again (with their renewed consent).
+    Reenrol {
+        #[arg(long)]
+        patient: Uuid,
+        /// Who decided it: a named person (recorded and audited).
+        #[arg(long)]
+        by: String,
+        /// Why, e.g. where the renewed consent is recorded.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Show the patient's consent to monitoring and every change to it.
+    Show {
+        #[arg(long)]
+        patient: Uuid,
+    },
     /// Remove all of a patient's health data (readings, rollups, alerts, quarantine,
-    /// thresholds, bindings, the patient record); revoke their current devices. Irreversible.
+    /// thresholds, consent history, bindings, the patient record); revoke their current
+    /// devices. Irreversible.
     Erase {
         #[arg(long)]
         patient: Uuid,
@@ -272,6 +326,19 @@ fn optional_timestamp(value: Option<&str>, flag: &str) -> anyhow::Result<Option<
 
 fn rfc3339(t: Option<OffsetDateTime>) -> Option<String> {
     t.and_then(|t| t.format(&Rfc3339).ok())
+}
+
+/// An RFC 3339 timestamp, or a date meaning 00:00 UTC that day.
+fn instant(value: &str, flag: &str) -> anyhow::Result<OffsetDateTime> {
+    OffsetDateTime::parse(value, &Rfc3339)
+        .or_else(|_| {
+            Date::parse(
+                value,
+                time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map(|d| d.midnight().assume_utc())
+        })
+        .with_context(|| format!("--{flag} {value:?} is neither RFC 3339 nor YYYY-MM-DD"))
 }
 
 fn timestamp(value: Option<&str>, flag: &str) -> anyhow::Result<OffsetDateTime> {
@@ -414,6 +481,73 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
             )
         }
         AdminCommand::Patient {
+            command: PatientCommand::Show { patient },
+        } => {
+            let report = consent::report(&client, patient).await?;
+            let mut text = format!(
+                "patient {patient}: {} since {}",
+                report.state,
+                report.since.format(&Rfc3339)?
+            );
+            if let Some(until) = report.paused_until {
+                text.push_str(&format!(", until {}", until.format(&Rfc3339)?));
+            }
+            for h in &report.history {
+                text.push_str(&format!(
+                    "\n  {} {} → {} by {}{}{}",
+                    h.at.format(&Rfc3339)?,
+                    h.from,
+                    h.to,
+                    h.by,
+                    rfc3339(h.paused_until)
+                        .map(|u| format!(" until {u}"))
+                        .unwrap_or_default(),
+                    h.reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default(),
+                ));
+            }
+            Output::new(serde_json::to_value(&report)?, text)
+        }
+        AdminCommand::Patient {
+            command:
+                PatientCommand::Pause {
+                    patient,
+                    until,
+                    by,
+                    reason,
+                },
+        } => {
+            let until = instant(&until, "until")?;
+            let change = Change::Pause { until };
+            consent_change(&mut client, patient, change, &by, Some(&reason)).await?
+        }
+        AdminCommand::Patient {
+            command:
+                PatientCommand::Resume {
+                    patient,
+                    by,
+                    reason,
+                },
+        } => consent_change(&mut client, patient, Change::Resume, &by, reason.as_deref()).await?,
+        AdminCommand::Patient {
+            command:
+                PatientCommand::Withdraw {
+                    patient,
+                    by,
+                    reason,
+                },
+        } => consent_change(&mut client, patient, Change::Withdraw, &by, Some(&reason)).await?,
+        AdminCommand::Patient {
+            command:
+                PatientCommand::Reenrol {
+                    patient,
+                    by,
+                    reason,
+                },
+        } => consent_change(&mut client, patient, Change::Reenrol, &by, Some(&reason)).await?,
+        AdminCommand::Patient {
             command:
                 PatientCommand::Erase {
                     patient,
@@ -426,11 +560,12 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
                 json!({ "patient_id": patient, "erased": erased }),
                 format!(
                     "patient {patient} erased: {} readings, {} alerts, {} quarantined entries, \
-                     {} rollup rows; {} audit entries redacted",
+                     {} rollup rows, {} consent changes; {} audit entries redacted",
                     erased.readings,
                     erased.alerts,
                     erased.quarantined,
                     erased.rollup_rows,
+                    erased.consent_changes,
                     erased.audit_rows_redacted
                 ),
             )
@@ -484,6 +619,27 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
         }
     };
     out.print(json)
+}
+
+async fn consent_change(
+    client: &mut tokio_postgres::Client,
+    patient: Uuid,
+    change: Change,
+    by: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<Output> {
+    let changed = consent::change(client, patient, change, by, reason).await?;
+    let mut text = format!(
+        "patient {patient}: monitoring {} → {}",
+        changed.from, changed.to
+    );
+    if let Some(until) = changed.paused_until {
+        text.push_str(&format!(" until {}", until.format(&Rfc3339)?));
+    }
+    if changed.alerts_closed > 0 {
+        text.push_str(&format!("; {} open alerts closed", changed.alerts_closed));
+    }
+    Ok(Output::new(serde_json::to_value(&changed)?, text))
 }
 
 async fn device(
@@ -618,5 +774,26 @@ impl Output {
             println!("{}", self.text);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn an_instant_is_rfc3339_or_a_date_at_midnight_utc() {
+        assert_eq!(
+            instant("2026-12-01T09:30:00+01:00", "until").expect("rfc3339"),
+            datetime!(2026-12-01 08:30 UTC)
+        );
+        assert_eq!(
+            instant("2026-12-01", "until").expect("date"),
+            datetime!(2026-12-01 00:00 UTC)
+        );
+        let err = instant("1 Dec", "until").expect_err("refused");
+        assert!(err.to_string().contains("--until \"1 Dec\""), "{err}");
     }
 }

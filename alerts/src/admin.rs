@@ -1,11 +1,14 @@
-//! Administration behind `vigil admin clinician|webhook|team thresholds`; each action is
-//! audited.
+//! Administration behind `vigil admin clinician|webhook|team thresholds`, and the alert side
+//! of patient withdrawal and erasure; each action is audited.
 
 use serde_json::{Value, json};
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::rules::Thresholds;
+use crate::{
+    rules::Thresholds,
+    store::{self, Alert, EventKind},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -100,8 +103,38 @@ pub async fn audit_clinician_added(
     .await
 }
 
+/// What a withdrawn patient's open alerts are resolved with.
+pub const WITHDRAWN: &str = "monitoring withdrawn";
+
+/// Resolves every alert of the patient not yet resolved, each with its `resolved` event, in
+/// the caller's transaction; returns how many. Part of a withdrawal: nobody is left watching
+/// an alert for a patient who is no longer monitored.
+pub async fn close_patient_alerts(
+    db: &impl GenericClient,
+    patient: Uuid,
+) -> Result<u64, tokio_postgres::Error> {
+    let rows = db
+        .query(
+            &format!(
+                "SELECT {} FROM alerts WHERE patient_id = $1 AND state <> 'resolved'
+                 ORDER BY opened_at FOR UPDATE",
+                store::COLUMNS
+            ),
+            &[&patient],
+        )
+        .await?;
+    let now = time::OffsetDateTime::now_utc();
+    for row in &rows {
+        let mut alert = Alert::from_row(row);
+        alert.resolve(None, now, WITHDRAWN.into());
+        store::save(db, &mut alert, EventKind::Resolved, false).await?;
+    }
+    Ok(rows.len() as u64)
+}
+
 /// Deletes a patient's alerts with their events, deliveries and reading links, and their
-/// threshold override; returns how many alerts there were. Part of a patient erasure.
+/// threshold override; returns how many alerts there were. Part of a patient erasure
+/// (suppressed alerts, which carry the free-text reason of a pause, go with the rest).
 pub async fn erase_patient_alerts(
     db: &impl GenericClient,
     patient: Uuid,

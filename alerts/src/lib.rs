@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod clinicians;
 pub mod config;
+pub mod consent;
 pub mod deliver;
 pub mod events;
 pub mod grpc;

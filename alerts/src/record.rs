@@ -1,6 +1,10 @@
 //! Per-reading rules, applied inside the ingest transaction that stores the readings: a
 //! reading is never committed without the alert it raises, and a redelivered reading
 //! (a duplicate, so not inserted again) never raises a second one.
+//!
+//! While a patient's monitoring is paused, their alerts are still raised but suppressed
+//! (see [`store::suppressed_event`]); once the pause is over, a new breach of a rule whose
+//! alert was suppressed closes that alert and opens an ordinary one.
 
 use std::collections::HashMap;
 
@@ -11,6 +15,7 @@ use tracing::error;
 use uuid::Uuid;
 
 use crate::{
+    consent::{self, Consent, Pause},
     rules::{self, Breach, Observation, Severity, Thresholds},
     store::{self, Alert, EventKind, State},
 };
@@ -34,19 +39,23 @@ const PER_READING_RULES: [&str; 5] = [
     "ketones.high",
 ];
 
-struct Patient {
-    team_id: Uuid,
-    thresholds: Thresholds,
+/// What the rules need to know about a patient.
+#[derive(Debug, Clone)]
+pub struct Patient {
+    pub team_id: Uuid,
+    pub thresholds: Thresholds,
+    pub consent: Consent,
 }
 
-/// Loads each patient's team and resolved thresholds.
+/// Loads each patient's team, resolved thresholds and consent.
 pub async fn patients(
     db: &impl GenericClient,
     ids: &[Uuid],
-) -> Result<HashMap<Uuid, (Uuid, Thresholds)>, tokio_postgres::Error> {
+) -> Result<HashMap<Uuid, Patient>, tokio_postgres::Error> {
     let rows = db
         .query(
-            "SELECT p.id, p.team_id, t.thresholds, s.thresholds
+            "SELECT p.id, p.team_id, t.thresholds, s.thresholds, p.consent_state,
+                    p.paused_until, p.consent_reason, p.consent_changed_at
              FROM patients p
              LEFT JOIN team_alert_settings t ON t.team_id = p.team_id
              LEFT JOIN patient_alert_settings s ON s.patient_id = p.id
@@ -67,7 +76,20 @@ pub async fn patients(
                 error!(patient = %id, error = %e, "invalid alert settings; using defaults");
                 Thresholds::default()
             });
-            (id, (r.get(1), thresholds))
+            let consent = Consent {
+                state: consent::State::parse(r.get(4)).unwrap_or(consent::State::Enrolled),
+                paused_until: r.get(5),
+                reason: r.get(6),
+                changed_at: r.get(7),
+            };
+            (
+                id,
+                Patient {
+                    team_id: r.get(1),
+                    thresholds,
+                    consent,
+                },
+            )
         })
         .collect())
 }
@@ -126,28 +148,31 @@ pub async fn apply(
     ordered.sort_by_key(|r| (r.patient_id, r.measured_at));
     let now = OffsetDateTime::now_utc();
     for reading in ordered {
-        let Some((team_id, thresholds)) = settings.get(&reading.patient_id) else {
+        let Some(patient) = settings.get(&reading.patient_id) else {
             continue;
         };
-        let patient = Patient {
-            team_id: *team_id,
-            thresholds: thresholds.clone(),
-        };
+        // The writer refuses a withdrawn patient's readings; none may raise an alert.
+        if patient.consent.at(now) == consent::State::Withdrawn {
+            continue;
+        }
+        let pause = patient.consent.pause_at(now);
         let breaches = rules::evaluate(&reading.observation, &patient.thresholds);
         for breach in &breaches {
             let key = (reading.patient_id, breach.rule_id.clone());
-            // Resolved earlier in this batch: that alert is finished, and this breach opens
-            // a new one.
-            if alerts
-                .get(&key)
-                .is_some_and(|c| c.alert.state == State::Resolved)
-                && let Some(done) = alerts.remove(&key)
+            // Resolved earlier in this batch, or suppressed in a pause that is over: that
+            // alert is finished, and this breach opens a new one.
+            if alerts.get(&key).is_some_and(|c| {
+                c.alert.state == State::Resolved || superseded(&c.alert, pause.as_ref())
+            }) && let Some(mut done) = alerts.remove(&key)
             {
+                if done.alert.state != State::Resolved {
+                    done.supersede(now);
+                }
                 finished.push(done);
             }
             let entry = alerts
                 .entry(key)
-                .or_insert_with(|| Change::new(reading, &patient, breach, now));
+                .or_insert_with(|| Change::new(reading, patient, breach, now, pause.clone()));
             entry.breach(reading, breach, now);
         }
         for rule in PER_READING_RULES {
@@ -167,12 +192,25 @@ pub async fn apply(
     // Finished alerts first, so at most one alert per patient and rule is active at a time.
     for change in finished.iter_mut().chain(alerts.values_mut()) {
         let Some(kind) = change.kind() else { continue };
-        store::save(db, &mut change.alert, kind).await?;
+        let paused = settings
+            .get(&change.alert.patient_id)
+            .is_some_and(|p| p.consent.pause_at(now).is_some());
+        store::save(db, &mut change.alert, kind, paused).await?;
         store::link_readings(db, change.alert.id, &change.readings).await?;
         changed += 1;
     }
     Ok(changed)
 }
+
+/// Whether a new breach should close `alert` and open an ordinary one: the alert was
+/// suppressed in a pause, and no pause is in force now.
+pub fn superseded(alert: &Alert, pause: Option<&Pause>) -> bool {
+    alert.suppressed.is_some() && pause.is_none()
+}
+
+/// What a suppressed alert is closed with when a breach after the pause supersedes it.
+pub const SUPERSEDED: &str =
+    "superseded: raised while monitoring was paused; the pause is over and a new alert was raised";
 
 /// An alert and what this batch did to it.
 struct Change {
@@ -192,8 +230,15 @@ impl Change {
         }
     }
 
-    /// A new alert; `breach` then records the first breach on it.
-    fn new(reading: &Inserted, patient: &Patient, breach: &Breach, now: OffsetDateTime) -> Self {
+    /// A new alert, suppressed when raised during `pause`; `breach` then records the first
+    /// breach on it.
+    fn new(
+        reading: &Inserted,
+        patient: &Patient,
+        breach: &Breach,
+        now: OffsetDateTime,
+        pause: Option<Pause>,
+    ) -> Self {
         let mut alert = Alert::open(
             reading.patient_id,
             patient.team_id,
@@ -204,6 +249,7 @@ impl Change {
         alert.detail = json!({});
         alert.breach_count = 0;
         alert.retrospective = reading.late;
+        alert.suppressed = pause;
         Self {
             alert,
             created: true,
@@ -279,6 +325,11 @@ impl Change {
             ),
         );
         a.condition_cleared_at = Some(reading.measured_at);
+        self.touched = true;
+    }
+
+    fn supersede(&mut self, now: OffsetDateTime) {
+        self.alert.resolve(None, now, SUPERSEDED.into());
         self.touched = true;
     }
 

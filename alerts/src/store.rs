@@ -7,7 +7,10 @@ use time::OffsetDateTime;
 use tokio_postgres::{GenericClient, Row};
 use uuid::Uuid;
 
-use crate::rules::{Breach, Severity};
+use crate::{
+    consent::Pause,
+    rules::{Breach, Severity},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -81,6 +84,8 @@ pub struct Alert {
     pub resolved_at: Option<OffsetDateTime>,
     pub resolved_by: Option<Uuid>,
     pub resolution: Option<String>,
+    /// Raised while the patient's monitoring was paused: the pause it was raised in.
+    pub suppressed: Option<Pause>,
     /// Whether the row exists yet.
     pub stored: bool,
 }
@@ -88,7 +93,7 @@ pub struct Alert {
 pub const COLUMNS: &str = "id, patient_id, team_id, rule_id, rule_version, severity, state, title, \
     detail, retrospective, breach_count, first_breach_at, latest_breach_at, opened_at, updated_at, \
     acknowledged_at, acknowledged_by, acknowledge_note, condition_cleared_at, escalated_at, \
-    resolved_at, resolved_by, resolution";
+    resolved_at, resolved_by, resolution, suppressed_reason, suppressed_until";
 
 impl Alert {
     /// A new open alert for `breach`, first breached at `at`, not yet stored.
@@ -123,6 +128,7 @@ impl Alert {
             resolved_at: None,
             resolved_by: None,
             resolution: None,
+            suppressed: None,
             stored: false,
         }
     }
@@ -152,6 +158,14 @@ impl Alert {
             resolved_at: r.get("resolved_at"),
             resolved_by: r.get("resolved_by"),
             resolution: r.get("resolution"),
+            suppressed: r
+                .get::<_, Option<OffsetDateTime>>("suppressed_until")
+                .map(|until| Pause {
+                    until,
+                    reason: r
+                        .get::<_, Option<String>>("suppressed_reason")
+                        .unwrap_or_default(),
+                }),
             stored: true,
         }
     }
@@ -165,9 +179,13 @@ impl Alert {
         self.updated_at = now;
     }
 
-    /// Red alerts that nobody has acknowledged are the ones to push as urgent.
+    /// Red alerts that nobody has acknowledged are the ones to push as urgent; a suppressed
+    /// alert is pushed to nobody.
     pub fn urgent(&self) -> bool {
-        self.severity == Severity::Red && self.state == State::Open && !self.retrospective
+        self.severity == Severity::Red
+            && self.state == State::Open
+            && !self.retrospective
+            && self.suppressed.is_none()
     }
 
     /// The alert as delivered to streams, MQTT and webhooks.
@@ -193,19 +211,34 @@ impl Alert {
             "condition_cleared_at": ts(self.condition_cleared_at),
             "escalated_at": ts(self.escalated_at), "resolved_at": ts(self.resolved_at),
             "resolved_by": self.resolved_by, "resolution": self.resolution,
+            "suppressed": self.suppressed.is_some(),
+            "suppressed_reason": self.suppressed.as_ref().map(|p| &p.reason),
+            "suppressed_until": ts(self.suppressed.as_ref().map(|p| p.until)),
         })
     }
 }
 
+/// Whether an event is kept from the team's channels (deliveries and `WatchAlerts`): every
+/// event of a suppressed alert, and whatever a paused patient's data does to their other
+/// alerts, except resolving them (which pages nobody and clears what the team was shown).
+pub fn suppressed_event(alert: &Alert, kind: EventKind, paused: bool) -> bool {
+    alert.suppressed.is_some() || (paused && kind != EventKind::Resolved)
+}
+
 /// Writes the alert (insert or update) and one event of `kind`; returns the event id.
+/// `paused` says the change comes from the data of a patient whose monitoring is paused
+/// (see [`suppressed_event`]); changes made by people or by escalation pass `false`.
 pub async fn save(
     db: &impl GenericClient,
     alert: &mut Alert,
     kind: EventKind,
+    paused: bool,
 ) -> Result<i64, tokio_postgres::Error> {
     let severity = alert.severity.as_str();
     let state = alert.state.as_str();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 23] = [
+    let suppressed_reason = alert.suppressed.as_ref().map(|p| p.reason.as_str());
+    let suppressed_until = alert.suppressed.as_ref().map(|p| p.until);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
         &alert.id,
         &alert.patient_id,
         &alert.team_id,
@@ -229,6 +262,8 @@ pub async fn save(
         &alert.resolved_at,
         &alert.resolved_by,
         &alert.resolution,
+        &suppressed_reason,
+        &suppressed_until,
     ];
     if alert.stored {
         db.execute(
@@ -236,7 +271,8 @@ pub async fn save(
                  detail = $9, retrospective = $10, breach_count = $11, first_breach_at = $12,
                  latest_breach_at = $13, updated_at = $15, acknowledged_at = $16,
                  acknowledged_by = $17, acknowledge_note = $18, condition_cleared_at = $19,
-                 escalated_at = $20, resolved_at = $21, resolved_by = $22, resolution = $23
+                 escalated_at = $20, resolved_at = $21, resolved_by = $22, resolution = $23,
+                 suppressed_reason = $24, suppressed_until = $25
              WHERE id = $1 AND patient_id = $2 AND team_id = $3 AND rule_id = $4 AND opened_at = $14",
             &params,
         )
@@ -245,7 +281,7 @@ pub async fn save(
         db.execute(
             &format!(
                 "INSERT INTO alerts ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,
-                 $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+                 $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
             ),
             &params,
         )
@@ -254,9 +290,16 @@ pub async fn save(
     }
     let row = db
         .query_one(
-            "INSERT INTO alert_events (alert_id, team_id, kind, alert) VALUES ($1, $2, $3, $4)
+            "INSERT INTO alert_events (alert_id, team_id, kind, alert, suppressed)
+             VALUES ($1, $2, $3, $4, $5)
              RETURNING id",
-            &[&alert.id, &alert.team_id, &kind.as_str(), &alert.snapshot()],
+            &[
+                &alert.id,
+                &alert.team_id,
+                &kind.as_str(),
+                &alert.snapshot(),
+                &suppressed_event(alert, kind, paused),
+            ],
         )
         .await?;
     Ok(row.get(0))
@@ -281,4 +324,53 @@ pub async fn link_readings(
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+    use crate::rules::Breach;
+
+    fn alert() -> Alert {
+        let at = datetime!(2026-11-22 08:00 UTC);
+        let breach = Breach {
+            rule_id: "glucose.low".into(),
+            rule_version: "2026.11/glucose.low@1".into(),
+            severity: Severity::Red,
+            title: "Glucose 2.6 mmol/L".into(),
+            badness: 1.0,
+            detail: json!({}),
+        };
+        Alert::open(Uuid::nil(), Uuid::nil(), &breach, at, at)
+    }
+
+    #[test]
+    fn a_suppressed_alert_is_never_pushed_or_urgent() {
+        let mut a = alert();
+        assert!(a.urgent());
+        a.suppressed = Some(Pause {
+            until: datetime!(2026-12-01 00:00 UTC),
+            reason: "in hospital".into(),
+        });
+        assert!(!a.urgent());
+        for kind in [
+            EventKind::Opened,
+            EventKind::Acknowledged,
+            EventKind::Resolved,
+        ] {
+            assert!(suppressed_event(&a, kind, false), "{kind:?}");
+        }
+        assert_eq!(a.snapshot()["suppressed_until"], "2026-12-01T00:00:00Z");
+    }
+
+    #[test]
+    fn while_paused_only_resolutions_of_earlier_alerts_go_out() {
+        let a = alert();
+        assert!(suppressed_event(&a, EventKind::Opened, true));
+        assert!(suppressed_event(&a, EventKind::Updated, true));
+        assert!(!suppressed_event(&a, EventKind::Resolved, true));
+        assert!(!suppressed_event(&a, EventKind::Updated, false));
+    }
 }

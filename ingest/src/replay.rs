@@ -1,7 +1,8 @@
 //! `vigil admin quarantine replay`: runs quarantined payloads through the same decoding,
 //! validation and writer as live traffic (for instance after registering the unknown device
 //! that sent them). Each entry is marked with what happened; a reading refused again is
-//! quarantined again with its new reason, so nothing is lost either way.
+//! quarantined again with its new reason, so nothing is lost either way, unless the patient
+//! has since withdrawn from monitoring (`consent_withdrawn` readings are not kept).
 
 use crate::{
     config::Settings,

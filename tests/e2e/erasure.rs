@@ -1,8 +1,11 @@
 //! `vigil admin patient erase` leaves none of the patient's health data in any table, and the
 //! audit log cannot be rewritten or emptied.
 
+use time::OffsetDateTime;
 use tokio::process::Command;
 use uuid::Uuid;
+use vigil_alerts::consent::Change;
+use vigil_ingest::store::consent;
 use vigil_proto::v1::SubmitReadingsRequest;
 
 use crate::{database::TestDb, harness::*};
@@ -33,9 +36,24 @@ async fn erase(db_url: &str, patient: Uuid) {
     );
 }
 
-/// Readings (a hypo that raises an alert), a quarantined reading, a threshold override and
-/// a clinician's note in the audit log, for one patient.
-async fn history(app: &TestApp, db: &TestDb, reg: &Registered) {
+/// Readings (a hypo that raises an alert), a quarantined reading, a threshold override, a
+/// clinician's note in the audit log and a pause of monitoring (its free-text reason on the
+/// patient, in the consent history, on the suppressed alert and in the audit log), for one
+/// patient. Returns the pause's reason, which is unique to the patient.
+async fn history(app: &TestApp, db: &TestDb, reg: &Registered) -> String {
+    let reason = format!("admitted with DKA, ref {}", Uuid::new_v4());
+    let mut admin = db.client().await;
+    consent::change(
+        &mut admin,
+        reg.patient,
+        Change::Pause {
+            until: OffsetDateTime::now_utc() + time::Duration::days(2),
+        },
+        "Dr A Smith",
+        Some(&reason),
+    )
+    .await
+    .expect("paused");
     let mut grpc = app.grpc().await;
     let request = SubmitReadingsRequest {
         readings: vec![
@@ -60,14 +78,15 @@ async fn history(app: &TestApp, db: &TestDb, reg: &Registered) {
         .await
         .expect("override and note");
     let _ = client.batch_execute("CALL vigil_refresh_rollups()").await;
+    reason
 }
 
 async fn run(db: TestDb) {
     let app = TestApp::spawn(settings(&db.url)).await;
     let gone = register(&db.url, "glucose_meter").await;
     let kept = register(&db.url, "glucose_meter").await;
-    history(&app, &db, &gone).await;
-    history(&app, &db, &kept).await;
+    let gone_reason = history(&app, &db, &gone).await;
+    let kept_reason = history(&app, &db, &kept).await;
     let client = db.client().await;
     let before_kept = count(
         &client,
@@ -82,17 +101,29 @@ async fn run(db: TestDb) {
         count(
             &client,
             &format!(
-                "SELECT count(*) FROM alerts WHERE patient_id = '{}'",
+                "SELECT count(*) FROM alerts WHERE patient_id = '{}' AND suppressed_reason IS NOT NULL",
                 gone.patient
             )
         )
         .await
             > 0
     );
+    assert_eq!(
+        count(
+            &client,
+            &format!(
+                "SELECT count(*) FROM consent_changes WHERE patient_id = '{}'",
+                gone.patient
+            )
+        )
+        .await,
+        1
+    );
 
     erase(&db.url, gone.patient).await;
 
-    // Every row of every table, as text, searched for the patient's and the device's ids.
+    // Every row of every table, as text, searched for the patient's and the device's ids, and
+    // for the free-text reason the patient's monitoring was paused with (no exceptions).
     let tables: Vec<String> = client
         .query(
             "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.tables
@@ -121,6 +152,15 @@ async fn run(db: TestDb) {
             .await;
             assert_eq!(n, 0, "{table} still holds the erased {what} {id}");
         }
+        let n = count(
+            &client,
+            &format!("SELECT count(*) FROM {table} t WHERE t::text LIKE '%{gone_reason}%'"),
+        )
+        .await;
+        assert_eq!(
+            n, 0,
+            "{table} still holds the erased patient's pause reason"
+        );
     }
     // The audit trail keeps who did what, with no free text left for the erased patient.
     let notes = count(
@@ -184,6 +224,15 @@ async fn run(db: TestDb) {
         .await,
         1,
         "the kept patient's note stays"
+    );
+    assert_eq!(
+        count(
+            &client,
+            &format!("SELECT count(*) FROM consent_changes WHERE reason = '{kept_reason}'")
+        )
+        .await,
+        1,
+        "the kept patient's consent history stays"
     );
 
     // Append-only: no rewrite, no delete, no truncate, not even of the kept patient's rows.

@@ -16,6 +16,7 @@ mod alert_rules;
 mod bad_input;
 mod broker_auth;
 mod broker_restart;
+mod consent;
 mod crash;
 mod database_outage;
 mod duplicates;

@@ -38,6 +38,13 @@ impl From<&Alert> for pb::Alert {
             resolved_at: ts(a.resolved_at),
             resolved_by: id(a.resolved_by),
             resolution: a.resolution.clone().unwrap_or_default(),
+            suppressed: a.suppressed.is_some(),
+            suppressed_reason: a
+                .suppressed
+                .as_ref()
+                .map(|p| p.reason.clone())
+                .unwrap_or_default(),
+            suppressed_until: ts(a.suppressed.as_ref().map(|p| p.until)),
         }
     }
 }
@@ -82,5 +89,11 @@ pub fn from_snapshot(v: &serde_json::Value) -> pb::Alert {
         resolved_at: s("resolved_at"),
         resolved_by: s("resolved_by"),
         resolution: s("resolution"),
+        suppressed: v
+            .get("suppressed")
+            .and_then(|x| x.as_bool())
+            .unwrap_or(false),
+        suppressed_reason: s("suppressed_reason"),
+        suppressed_until: s("suppressed_until"),
     }
 }

@@ -105,7 +105,7 @@ impl Alerts {
         let who = Self::authenticate(db, token).await?;
         db.query(
             "SELECT id, kind, at, alert, xid::text FROM alert_events
-             WHERE team_id = ANY($1) AND (xid, id) > ($2::text::xid8, $3)
+             WHERE team_id = ANY($1) AND (xid, id) > ($2::text::xid8, $3) AND NOT suppressed
                AND xid < pg_snapshot_xmin(pg_current_snapshot())
              ORDER BY xid, id LIMIT $4",
             &[&who.teams, &cursor.0, &cursor.1, &CATCH_UP_PAGE],
@@ -204,7 +204,7 @@ impl Alerts {
         let now = OffsetDateTime::now_utc();
         let kind = apply(&mut alert, &who, now);
         alert.updated_at = now;
-        store::save(&*tx, &mut alert, kind)
+        store::save(&*tx, &mut alert, kind, false)
             .await
             .map_err(internal)?;
         audit(

@@ -1,5 +1,7 @@
 //! An open red alert that nobody has acknowledged within the escalation time is escalated
-//! once: the event goes out again on every channel, marked escalated.
+//! once: the event goes out again on every channel, marked escalated. A suppressed alert
+//! (raised while the patient's monitoring was paused) is never escalated; an alert raised
+//! before a pause still is, since the team was told of it and has not acted.
 
 use deadpool_postgres::Pool;
 use time::{Duration, OffsetDateTime};
@@ -20,7 +22,7 @@ pub async fn escalate_due(
             &format!(
                 "SELECT {} FROM alerts
                  WHERE state = 'open' AND severity = 'red' AND NOT retrospective
-                   AND escalated_at IS NULL AND opened_at <= $1
+                   AND suppressed_until IS NULL AND escalated_at IS NULL AND opened_at <= $1
                  ORDER BY opened_at
                  FOR UPDATE SKIP LOCKED",
                 store::COLUMNS
@@ -33,7 +35,7 @@ pub async fn escalate_due(
         let mut alert = Alert::from_row(&row);
         alert.escalated_at = Some(now);
         alert.updated_at = now;
-        store::save(&*tx, &mut alert, EventKind::Escalated).await?;
+        store::save(&*tx, &mut alert, EventKind::Escalated, false).await?;
         escalated += 1;
     }
     tx.commit().await?;

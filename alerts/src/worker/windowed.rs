@@ -1,6 +1,11 @@
 //! Windowed rules per enrolled patient: the NICE home blood-pressure average, CGM time in
 //! range and missing data. Each patient is evaluated in its own transaction under an
 //! advisory lock, so concurrent workers split the patients instead of repeating them.
+//!
+//! A withdrawn patient is not evaluated (a withdrawal takes the same lock, so an evaluation
+//! that began before it finishes first and its alerts are closed with the rest). While a
+//! patient's monitoring is paused, alerts are raised suppressed and missing data is not
+//! news; after a pause, silence counts from its end.
 
 use deadpool_postgres::Pool;
 use serde_json::json;
@@ -11,7 +16,8 @@ use uuid::Uuid;
 
 use super::JobError;
 use crate::{
-    record,
+    consent::{self, Pause},
+    record::{self, SUPERSEDED},
     rules::{
         Thresholds,
         windowed::{self, CgmPoint, HomeBp, RangeFlag, Verdict},
@@ -19,7 +25,7 @@ use crate::{
     store::{self, Alert, EventKind},
 };
 
-/// Patients with a device bound now.
+/// Patients with a device bound now, unless their monitoring is withdrawn.
 pub async fn evaluate_all(
     pool: &Pool,
     now: OffsetDateTime,
@@ -29,8 +35,11 @@ pub async fn evaluate_all(
         .get()
         .await?
         .query(
-            "SELECT DISTINCT b.patient_id FROM device_bindings b JOIN devices d ON d.id = b.device_id
-             WHERE b.valid_during @> $1::timestamptz AND d.revoked_at IS NULL",
+            "SELECT DISTINCT b.patient_id FROM device_bindings b
+             JOIN devices d ON d.id = b.device_id
+             JOIN patients p ON p.id = b.patient_id
+             WHERE b.valid_during @> $1::timestamptz AND d.revoked_at IS NULL
+               AND p.consent_state <> 'withdrawn'",
             &[&now],
         )
         .await?
@@ -49,6 +58,23 @@ pub async fn evaluate_all(
     Ok(evaluated)
 }
 
+/// The advisory lock a patient's evaluation runs under.
+const PATIENT_LOCK: &str = "hashtextextended('vigil-windowed-' || $1::uuid::text, 0)";
+
+/// Waits for an evaluation of `patient` in progress to finish and keeps new ones off them
+/// until the caller's transaction ends.
+pub async fn hold_patient(
+    db: &impl GenericClient,
+    patient: Uuid,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        &format!("SELECT pg_advisory_xact_lock({PATIENT_LOCK})"),
+        &[&patient],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Evaluates one patient unless another worker holds them; returns whether it ran.
 pub async fn evaluate_patient(
     pool: &Pool,
@@ -59,7 +85,7 @@ pub async fn evaluate_patient(
     let tx = db.transaction().await?;
     let locked: bool = tx
         .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended('vigil-windowed-' || $1::uuid::text, 0))",
+            &format!("SELECT pg_try_advisory_xact_lock({PATIENT_LOCK})"),
             &[&patient],
         )
         .await?
@@ -67,25 +93,36 @@ pub async fn evaluate_patient(
     if !locked {
         return Ok(false);
     }
+    // Read after the lock: a withdrawal that held it has committed by now.
     let settings = record::patients(&*tx, &[patient]).await?;
-    let Some((team, thresholds)) = settings.get(&patient).cloned() else {
+    let Some(settings) = settings.get(&patient) else {
         return Ok(false);
     };
+    if settings.consent.at(now) == consent::State::Withdrawn {
+        return Ok(false);
+    }
+    let (team, thresholds) = (settings.team_id, &settings.thresholds);
+    let pause = settings.consent.pause_at(now);
+    let resumed_at = settings.consent.resumed_at(now);
     let age = age(&*tx, patient, now).await?;
     let verdicts = [
         (
             "bp.home_average".to_string(),
-            home_bp(&*tx, patient, now, &thresholds, age).await?,
+            home_bp(&*tx, patient, now, thresholds, age).await?,
         ),
         (
             "cgm.time_in_range".to_string(),
-            cgm(&*tx, patient, now, &thresholds).await?,
+            cgm(&*tx, patient, now, thresholds).await?,
         ),
     ]
     .into_iter()
-    .chain(missing(&*tx, patient, now, &thresholds).await?);
+    .chain(if pause.is_none() {
+        missing(&*tx, patient, now, resumed_at, thresholds).await?
+    } else {
+        Vec::new()
+    });
     for (rule, verdict) in verdicts {
-        apply(&*tx, patient, team, &rule, verdict, now).await?;
+        apply(&*tx, patient, team, &rule, verdict, now, pause.as_ref()).await?;
     }
     tx.commit().await?;
     Ok(true)
@@ -177,10 +214,13 @@ async fn cgm(
     Ok(windowed::cgm_time_in_range(&points, t))
 }
 
+/// Missing data per bound device kind; silence counts from the newest reading, the binding
+/// or `resumed_at` (the end of a pause, a resumption or re-enrolment), whichever is latest.
 async fn missing(
     db: &impl GenericClient,
     patient: Uuid,
     now: OffsetDateTime,
+    resumed_at: Option<OffsetDateTime>,
     t: &Thresholds,
 ) -> Result<Vec<(String, Verdict)>, JobError> {
     let rows = db
@@ -201,15 +241,17 @@ async fn missing(
             let kind: String = r.get(0);
             let bound: OffsetDateTime = r.get(1);
             let last: Option<OffsetDateTime> = r.get(2);
-            // Silence counts from the newest reading, or from the binding when that is newer.
-            let verdict =
-                windowed::missing_data(&kind, last.map_or(bound, |l| l.max(bound)), now, t);
+            let quiet_since = last
+                .map_or(bound, |l| l.max(bound))
+                .max(resumed_at.unwrap_or(bound));
+            let verdict = windowed::missing_data(&kind, quiet_since, now, t);
             (format!("data.missing.{kind}"), verdict)
         })
         .collect())
 }
 
-/// Opens, refreshes or resolves the patient's alert for `rule` according to `verdict`.
+/// Opens, refreshes or resolves the patient's alert for `rule` according to `verdict`;
+/// during `pause`, a new alert is suppressed and changes are not pushed.
 async fn apply(
     db: &impl GenericClient,
     patient: Uuid,
@@ -217,7 +259,9 @@ async fn apply(
     rule: &str,
     verdict: Verdict,
     now: OffsetDateTime,
+    pause: Option<&Pause>,
 ) -> Result<(), JobError> {
+    let paused = pause.is_some();
     let active = db
         .query_opt(
             &format!(
@@ -228,10 +272,21 @@ async fn apply(
         )
         .await?
         .map(|r| Alert::from_row(&r));
+    let active = match active {
+        Some(mut alert)
+            if matches!(verdict, Verdict::Breach(_)) && record::superseded(&alert, pause) =>
+        {
+            alert.resolve(None, now, SUPERSEDED.into());
+            store::save(db, &mut alert, EventKind::Resolved, paused).await?;
+            None
+        }
+        active => active,
+    };
     match (verdict, active) {
         (Verdict::Breach(b), None) => {
             let mut alert = Alert::open(patient, team, &b, now, now);
-            store::save(db, &mut alert, EventKind::Opened).await?;
+            alert.suppressed = pause.cloned();
+            store::save(db, &mut alert, EventKind::Opened, paused).await?;
         }
         (Verdict::Breach(b), Some(mut alert)) => {
             // Re-evaluation finds the same breach every round; only a changed picture is news.
@@ -252,7 +307,7 @@ async fn apply(
                 alert.latest_breach_at = now;
                 alert.breach_count += 1;
                 alert.updated_at = now;
-                store::save(db, &mut alert, EventKind::Updated).await?;
+                store::save(db, &mut alert, EventKind::Updated, paused).await?;
             }
         }
         (Verdict::Met, Some(mut alert)) => {
@@ -263,7 +318,7 @@ async fn apply(
             };
             alert.resolve(None, now, resolution.into());
             alert.condition_cleared_at = Some(now);
-            store::save(db, &mut alert, EventKind::Resolved).await?;
+            store::save(db, &mut alert, EventKind::Resolved, paused).await?;
         }
         (Verdict::Met, None) | (Verdict::Insufficient(_), _) => {}
     }

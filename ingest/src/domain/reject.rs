@@ -25,11 +25,12 @@ pub enum RejectReason {
     UnknownDevice,
     RevokedDevice,
     UnboundDevice,
+    ConsentWithdrawn,
     RateLimited,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 21] = [
+    pub const ALL: [RejectReason; 22] = [
         Self::MalformedPayload,
         Self::Oversized,
         Self::BadTopic,
@@ -50,6 +51,7 @@ impl RejectReason {
         Self::UnknownDevice,
         Self::RevokedDevice,
         Self::UnboundDevice,
+        Self::ConsentWithdrawn,
         Self::RateLimited,
     ];
 
@@ -75,12 +77,20 @@ impl RejectReason {
             Self::UnknownDevice => "unknown_device",
             Self::RevokedDevice => "revoked_device",
             Self::UnboundDevice => "unbound_device",
+            Self::ConsentWithdrawn => "consent_withdrawn",
             Self::RateLimited => "rate_limited",
         }
     }
 
     pub fn from_code(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.code() == code)
+    }
+
+    /// Whether the refused payload is kept in quarantine. Everything refused is, so that
+    /// nothing a device sends is lost, except a reading of a patient who withdrew from
+    /// monitoring: their withdrawal is a refusal to have it kept.
+    pub fn quarantined(self) -> bool {
+        self != Self::ConsentWithdrawn
     }
 }
 
@@ -121,6 +131,15 @@ mod tests {
     fn quoted_nul_characters_are_replaced() {
         let r = Refusal::new(RejectReason::UnknownField, "unknown field `\0x`");
         assert_eq!(r.message, "unknown field `\u{FFFD}x`");
+    }
+
+    #[test]
+    fn only_a_withdrawn_patients_reading_is_not_kept() {
+        let not_kept: Vec<_> = RejectReason::ALL
+            .into_iter()
+            .filter(|r| !r.quarantined())
+            .collect();
+        assert_eq!(not_kept, vec![RejectReason::ConsentWithdrawn]);
     }
 
     #[test]

@@ -270,12 +270,14 @@ pub struct Erased {
     pub alerts: u64,
     pub quarantined: u64,
     pub rollup_rows: u64,
+    pub consent_changes: u64,
     pub audit_rows_redacted: u64,
 }
 
 /// Removes every piece of one patient's health data: readings, hourly rollups, alerts with
 /// their events and deliveries, quarantined payloads received from their devices while bound
-/// to them, threshold overrides, device bindings and the patient record itself. Devices still
+/// to them, threshold overrides, consent history (its reasons are free text), device bindings
+/// and the patient record itself (with its consent state and reason). Devices still
 /// bound to the patient are revoked. The audit trail keeps who did what and when, with its
 /// free-text detail redacted, and gains one `erase_patient` entry with counts only.
 pub async fn erase_patient(
@@ -333,6 +335,12 @@ pub async fn erase_patient(
         .await?
     };
     let alerts = vigil_alerts::admin::erase_patient_alerts(&tx, patient).await?;
+    let consent_changes = tx
+        .execute(
+            "DELETE FROM consent_changes WHERE patient_id = $1",
+            &[&patient],
+        )
+        .await?;
     tx.execute(
         "DELETE FROM device_bindings WHERE patient_id = $1",
         &[&patient],
@@ -351,6 +359,7 @@ pub async fn erase_patient(
         alerts,
         quarantined,
         rollup_rows,
+        consent_changes,
         audit_rows_redacted,
     };
     tx.execute(

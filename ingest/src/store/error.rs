@@ -17,6 +17,8 @@ pub enum StoreError {
     /// The database refused the connecting role a privilege the command needs.
     #[error("{0}")]
     NotPermitted(String),
+    #[error(transparent)]
+    Consent(#[from] vigil_alerts::consent::ChangeError),
     #[error("write failed: {0}")]
     Failed(String),
     #[error("the writer has stopped")]

@@ -56,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/0008_team_read_access.sql"),
     },
     Migration {
+        version: 9,
+        name: "consent",
+        sql: include_str!("../../migrations/0009_consent.sql"),
+    },
+    Migration {
         version: 10,
         name: "broker_credentials",
         sql: include_str!("../../migrations/0010_broker_credentials.sql"),
@@ -118,12 +123,14 @@ pub async fn run(client: &mut Client, timescale: TimescaleMode) -> Result<Vec<i3
 
 /// True when every known migration is applied.
 pub async fn is_current(client: &Client) -> Result<bool, StoreError> {
-    let latest = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
+    // Every version, not just the highest: versions need not be contiguous, so a database
+    // can hold a later migration and still lack an earlier one.
+    let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
     let row = client
         .query_one(
-            "SELECT coalesce(max(version), 0) FROM schema_migrations",
-            &[],
+            "SELECT count(*) FROM schema_migrations WHERE version = ANY($1)",
+            &[&versions],
         )
         .await?;
-    Ok(row.get::<_, i32>(0) >= latest)
+    Ok(row.get::<_, i64>(0) == versions.len() as i64)
 }

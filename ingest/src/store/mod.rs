@@ -1,7 +1,8 @@
 //! PostgreSQL: connection pool, migrations, the batching writer, partition and policy
-//! maintenance, and the queries behind the admin commands.
+//! maintenance, and the queries behind the admin commands (registry, consent, quarantine).
 
 pub mod admin;
+pub mod consent;
 pub mod error;
 pub mod maintenance;
 pub mod migrate;

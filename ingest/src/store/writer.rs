@@ -6,6 +6,11 @@
 //!
 //! Idempotency is `INSERT … ON CONFLICT DO NOTHING` on the key and on the content
 //! fingerprint; readings that insert nothing are reported as duplicates.
+//!
+//! Consent is judged inside the transaction: it takes `ROW EXCLUSIVE` on `readings` before
+//! it reads which patients have withdrawn, and a withdrawal takes `SHARE` on `readings`
+//! (see `store::consent`), so a withdrawal either sees this batch committed or this batch
+//! sees the withdrawal. A withdrawn patient's readings are refused and not kept anywhere.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -355,14 +360,72 @@ impl Store {
             }
         }
 
+        if engine == Engine::Partitioned {
+            let mut partitions = self.partitions.lock().await;
+            let months: HashSet<(i32, u8)> = patient_of
+                .keys()
+                .filter_map(|ord| readings.get(*ord))
+                .map(|(_, _, r)| (r.measured_at.year(), r.measured_at.month() as u8))
+                .filter(|m| !partitions.contains(m))
+                .collect();
+            for (year, month) in months {
+                let first = time::Date::from_calendar_date(
+                    year,
+                    time::Month::try_from(month).unwrap_or(time::Month::January),
+                    1,
+                )
+                .unwrap_or(time::Date::MIN)
+                .midnight()
+                .assume_utc();
+                conn.execute("SELECT vigil_ensure_reading_partition($1)", &[&first])
+                    .await?;
+                partitions.insert((year, month));
+            }
+        }
+
+        let tx = conn.transaction().await?;
+        let withdrawn: HashSet<Uuid> = if patient_of.is_empty() {
+            HashSet::new()
+        } else {
+            // The lock first, then the read, in separate statements: the read's snapshot is
+            // taken once no withdrawal can be half-way.
+            tx.batch_execute("LOCK TABLE ONLY readings IN ROW EXCLUSIVE MODE")
+                .await?;
+            let patients: Vec<Uuid> = patient_of
+                .values()
+                .copied()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            let consent = tx
+                .prepare_cached(
+                    "SELECT id FROM patients WHERE id = ANY($1) AND consent_state = 'withdrawn'",
+                )
+                .await?;
+            tx.query(&consent, &[&patients])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+
         let mut rows = ReadingRows::default();
         let mut seen_keys = HashSet::new();
         let mut seen_prints = HashSet::new();
         for (ord, (s, i, reading)) in readings.iter().enumerate() {
             let patient = match (refused.remove(&ord), patient_of.get(&ord)) {
+                (None, Some(patient)) if withdrawn.contains(patient) => {
+                    let refusal = Refusal::new(
+                        R::ConsentWithdrawn,
+                        "the patient this device belongs to has withdrawn from monitoring; \
+                         the reading was not stored or kept",
+                    );
+                    plan.refuse_reading(*s, *i, reading, refusal);
+                    continue;
+                }
                 (None, Some(patient)) => *patient,
                 (Some(refusal), _) => {
-                    plan.quarantine_reading(*s, *i, reading, refusal);
+                    plan.refuse_reading(*s, *i, reading, refusal);
                     continue;
                 }
                 (None, None) => {
@@ -370,7 +433,7 @@ impl Store {
                         R::UnboundDevice,
                         format!("device {} has no patient binding", reading.device_id),
                     );
-                    plan.quarantine_reading(*s, *i, reading, refusal);
+                    plan.refuse_reading(*s, *i, reading, refusal);
                     continue;
                 }
             };
@@ -393,30 +456,6 @@ impl Store {
             }
         }
 
-        if engine == Engine::Partitioned {
-            let mut partitions = self.partitions.lock().await;
-            let months: HashSet<(i32, u8)> = rows
-                .measured_at
-                .iter()
-                .map(|t| (t.year(), t.month() as u8))
-                .filter(|m| !partitions.contains(m))
-                .collect();
-            for (year, month) in months {
-                let first = time::Date::from_calendar_date(
-                    year,
-                    time::Month::try_from(month).unwrap_or(time::Month::January),
-                    1,
-                )
-                .unwrap_or(time::Date::MIN)
-                .midnight()
-                .assume_utc();
-                conn.execute("SELECT vigil_ensure_reading_partition($1)", &[&first])
-                    .await?;
-                partitions.insert((year, month));
-            }
-        }
-
-        let tx = conn.transaction().await?;
         let inserted: HashSet<(Uuid, OffsetDateTime)> = if rows.key.is_empty() {
             HashSet::new()
         } else {
@@ -565,8 +604,8 @@ impl Plan {
         self.outcomes[s][i] = Some(outcome);
     }
 
-    fn quarantine_reading(&mut self, s: usize, i: usize, reading: &Reading, refusal: Refusal) {
-        let payload = serde_json::to_vec(&reading.to_raw()).unwrap_or_default();
+    /// Refuses a reading, keeping it in quarantine unless its reason forbids keeping it.
+    fn refuse_reading(&mut self, s: usize, i: usize, reading: &Reading, refusal: Refusal) {
         self.set(
             s,
             i,
@@ -576,6 +615,10 @@ impl Plan {
                 message: refusal.message.clone(),
             },
         );
+        if !refusal.reason.quarantined() {
+            return;
+        }
+        let payload = serde_json::to_vec(&reading.to_raw()).unwrap_or_default();
         self.quarantine.push(QuarantineEntry {
             received_at: reading.received_at,
             channel: reading.channel,

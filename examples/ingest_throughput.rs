@@ -60,10 +60,10 @@ fn reading(at: &str, i: usize) -> Reading {
 /// measurement, and be stored once.
 async fn device(db_url: &str) -> (Uuid, Uuid, String) {
     let mut client = connect(db_url).await;
-    let team = admin::add_team(&client, &Uuid::new_v4().to_string())
+    let team = admin::add_team(&mut client, &Uuid::new_v4().to_string())
         .await
         .expect("team");
-    let (patient, _) = admin::add_patient(&client, &team.to_string(), None, None)
+    let (patient, _) = admin::add_patient(&mut client, &team.to_string(), None, None)
         .await
         .expect("patient");
     let since = OffsetDateTime::now_utc() - time::Duration::days(390);

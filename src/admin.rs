@@ -356,7 +356,7 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
         AdminCommand::Team {
             command: TeamCommand::Add { name },
         } => {
-            let id = admin::add_team(&client, &name).await?;
+            let id = admin::add_team(&mut client, &name).await?;
             Output::new(json!({ "team_id": id, "name": name }), format!("team {id}"))
         }
         AdminCommand::Team {
@@ -474,7 +474,7 @@ pub async fn run(settings: &Settings, command: AdminCommand, json: bool) -> anyh
                         .with_context(|| format!("--date-of-birth {d:?} is not YYYY-MM-DD"))
                 })
                 .transpose()?;
-            let (id, team_id) = admin::add_patient(&client, &team, nhs.as_ref(), dob).await?;
+            let (id, team_id) = admin::add_patient(&mut client, &team, nhs.as_ref(), dob).await?;
             Output::new(
                 json!({ "patient_id": id, "team_id": team_id }),
                 format!("patient {id}"),

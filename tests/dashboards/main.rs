@@ -236,7 +236,7 @@ async fn every_query_runs_as_grafana_on_seeded_data() {
 async fn every_query_runs_on_an_empty_database() {
     for server in db::servers() {
         let (db, mut client) = db::migrated(&server).await;
-        vigil_ingest::store::admin::add_team(&client, "New team")
+        vigil_ingest::store::admin::add_team(&mut client, "New team")
             .await
             .expect("team");
         let mut teams = db::team_logins(&db, &mut client).await;

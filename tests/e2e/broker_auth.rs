@@ -31,7 +31,7 @@ fn glucose_of(offset_secs: i64, value: f64) -> String {
     )
 }
 
-async fn team_with_patient(db: &Db) -> (Uuid, Uuid) {
+async fn team_with_patient(db: &mut Db) -> (Uuid, Uuid) {
     let team = admin::add_team(db, &format!("team {}", Uuid::new_v4()))
         .await
         .expect("team");
@@ -62,8 +62,8 @@ async fn every_identity_reaches_only_its_own_topics() {
     let broker = SecureBroker::start(&db.url).await;
     let app = TestApp::spawn(broker.settings.clone()).await;
     let mut sql = db.client().await;
-    let (team_a, patient_a) = team_with_patient(&sql).await;
-    let (team_b, patient_b) = team_with_patient(&sql).await;
+    let (team_a, patient_a) = team_with_patient(&mut sql).await;
+    let (team_b, patient_b) = team_with_patient(&mut sql).await;
     let mut devices = Vec::new();
     for patient in [patient_a, patient_a, patient_b] {
         devices.push(add_device(&db.url, patient, "glucose_meter").await);
@@ -274,7 +274,7 @@ async fn revoked_expired_and_rotated_credentials_are_dropped_by_the_broker() {
     let db = TestDb::create().await;
     let mut broker = SecureBroker::start(&db.url).await;
     let mut sql = db.client().await;
-    let (_, patient) = team_with_patient(&sql).await;
+    let (_, patient) = team_with_patient(&mut sql).await;
     let (revoked, revoked_token) = add_device(&db.url, patient, "cgm").await;
     let (expiring, expiring_token) = add_device(&db.url, patient, "cgm").await;
     let (rotated, old_token) = add_device(&db.url, patient, "cgm").await;
@@ -301,7 +301,7 @@ async fn revoked_expired_and_rotated_credentials_are_dropped_by_the_broker() {
     );
 
     let start = Instant::now();
-    let new_token = admin::rotate_device_token(&sql, rotated, None)
+    let new_token = admin::rotate_device_token(&mut sql, rotated, None)
         .await
         .expect("rotate");
     assert!(rotated_client.closed_by_broker(crate::harness::WAIT).await);
@@ -313,7 +313,7 @@ async fn revoked_expired_and_rotated_credentials_are_dropped_by_the_broker() {
     admitted(port, rotated, &new_token).await;
 
     let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    admin::set_device_token_expiry(&sql, expiring, Some(expires))
+    admin::set_device_token_expiry(&mut sql, expiring, Some(expires))
         .await
         .expect("expiry");
     assert!(
@@ -370,8 +370,8 @@ async fn a_device_rebound_mid_stream_keeps_its_connection_and_its_readings_follo
     let broker = SecureBroker::start(&db.url).await;
     let app = TestApp::spawn(broker.settings.clone()).await;
     let mut sql = db.client().await;
-    let (_, first) = team_with_patient(&sql).await;
-    let (_, second) = team_with_patient(&sql).await;
+    let (_, first) = team_with_patient(&mut sql).await;
+    let (_, second) = team_with_patient(&mut sql).await;
     let (device, token) = add_device(&db.url, first, "glucose_meter").await;
     let mut client = admitted(broker.port, device, &token).await;
     let readings = broker.topic(&format!("devices/{device}/readings"));
@@ -409,8 +409,8 @@ async fn devices_connect_over_tls_with_the_development_ca() {
     let db = TestDb::create().await;
     let broker = SecureBroker::start(&db.url).await;
     let app = TestApp::spawn(broker.settings.clone()).await;
-    let sql = db.client().await;
-    let (_, patient) = team_with_patient(&sql).await;
+    let mut sql = db.client().await;
+    let (_, patient) = team_with_patient(&mut sql).await;
     let (device, token) = add_device(&db.url, patient, "glucose_meter").await;
     admitted(broker.port, device, &token).await;
     let publish = |extra: &[&str]| {
@@ -453,8 +453,8 @@ async fn the_ingest_service_reaches_the_broker_over_tls() {
     over_tls.mqtt.port = broker.tls_port;
     over_tls.mqtt.tls_ca_file = Some(broker.ca_file());
     let app = TestApp::spawn(over_tls).await;
-    let sql = db.client().await;
-    let (_, patient) = team_with_patient(&sql).await;
+    let mut sql = db.client().await;
+    let (_, patient) = team_with_patient(&mut sql).await;
     let (device, token) = add_device(&db.url, patient, "glucose_meter").await;
     let mut client = admitted(broker.port, device, &token).await;
     client

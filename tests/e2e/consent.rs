@@ -758,7 +758,8 @@ async fn consent_changes_need_a_named_person_and_a_reason() {
     let client = db.client().await;
     let actions: Vec<(String, Value)> = client
         .query(
-            "SELECT action, detail FROM audit_log WHERE patient_id = $1 ORDER BY id",
+            "SELECT action, detail FROM audit_log
+             WHERE patient_id = $1 AND action LIKE '%_monitoring' ORDER BY id",
             &[&reg.patient],
         )
         .await

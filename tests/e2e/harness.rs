@@ -204,10 +204,10 @@ pub struct Registered {
 /// A team, a patient and a device bound to the patient since a day ago.
 pub async fn register(db_url: &str, kind: &str) -> Registered {
     let mut client = connect(db_url).await;
-    let team = admin::add_team(&client, &format!("team {}", Uuid::new_v4()))
+    let team = admin::add_team(&mut client, &format!("team {}", Uuid::new_v4()))
         .await
         .expect("team");
-    let (patient, _) = admin::add_patient(&client, &team.to_string(), None, None)
+    let (patient, _) = admin::add_patient(&mut client, &team.to_string(), None, None)
         .await
         .expect("patient");
     let since = OffsetDateTime::now_utc() - time::Duration::days(1);

@@ -10,6 +10,7 @@ mod child;
 mod database;
 mod harness;
 
+mod admin_audit;
 mod alert_api;
 mod alert_delivery;
 mod alert_rules;

@@ -102,7 +102,7 @@ async fn a_device_reissued_to_another_patient_attributes_readings_by_measurement
     let first = register(&db.url, "bp_monitor").await;
     let mut client = connect(&db.url).await;
     let (second, _) =
-        vigil_ingest::store::admin::add_patient(&client, &first.team.to_string(), None, None)
+        vigil_ingest::store::admin::add_patient(&mut client, &first.team.to_string(), None, None)
             .await
             .expect("second patient");
     let handover = time::OffsetDateTime::now_utc() - time::Duration::hours(2);

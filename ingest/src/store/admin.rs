@@ -1,7 +1,8 @@
 //! Registry operations behind `vigil admin`: care teams, patients, devices and bindings.
 
+use serde_json::{Value, json};
 use time::{Date, OffsetDateTime};
-use tokio_postgres::{Client, error::SqlState};
+use tokio_postgres::{Client, GenericClient, error::SqlState};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -27,15 +28,56 @@ fn conflict(e: tokio_postgres::Error, what: impl FnOnce() -> String) -> StoreErr
     }
 }
 
-pub async fn add_team(client: &Client, name: &str) -> Result<Uuid, StoreError> {
-    let id = Uuid::new_v4();
-    client
-        .execute(
-            "INSERT INTO care_teams (id, name) VALUES ($1, $2)",
-            &[&id, &name],
+/// Records a registry change in the audit log. The database role that made it stands for
+/// "who": `vigil admin` has no other identity for its operator. Rows about a patient carry
+/// their id, so an erasure redacts them with the patient's other audit entries.
+async fn audit(
+    db: &impl GenericClient,
+    action: &str,
+    patient: Option<Uuid>,
+    detail: Value,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO audit_log (actor_kind, action, patient_id, detail)
+         VALUES ('admin', $1, $2, $3::jsonb || jsonb_build_object('db_role', session_user))",
+        &[&action, &patient, &detail],
+    )
+    .await?;
+    Ok(())
+}
+
+/// The patient a device is, or was last, bound to.
+async fn patient_of_device(
+    db: &impl GenericClient,
+    device: Uuid,
+) -> Result<Option<Uuid>, StoreError> {
+    Ok(db
+        .query_opt(
+            "SELECT patient_id FROM device_bindings WHERE device_id = $1
+             ORDER BY lower(valid_during) DESC LIMIT 1",
+            &[&device],
         )
-        .await
-        .map_err(|e| conflict(e, || format!("a care team named {name:?} already exists")))?;
+        .await?
+        .map(|r| r.get(0)))
+}
+
+pub async fn add_team(client: &mut Client, name: &str) -> Result<Uuid, StoreError> {
+    let id = Uuid::new_v4();
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO care_teams (id, name) VALUES ($1, $2)",
+        &[&id, &name],
+    )
+    .await
+    .map_err(|e| conflict(e, || format!("a care team named {name:?} already exists")))?;
+    audit(
+        &tx,
+        "team_add",
+        None,
+        json!({ "team_id": id, "name": name }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(id)
 }
 
@@ -58,25 +100,27 @@ pub async fn find_team(client: &Client, team: &str) -> Result<Uuid, StoreError> 
 }
 
 pub async fn add_patient(
-    client: &Client,
+    client: &mut Client,
     team: &str,
     nhs_number: Option<&NhsNumber>,
     date_of_birth: Option<Date>,
 ) -> Result<(Uuid, Uuid), StoreError> {
     let team_id = find_team(client, team).await?;
     let id = Uuid::new_v4();
-    client
-        .execute(
-            "INSERT INTO patients (id, team_id, nhs_number, date_of_birth) VALUES ($1, $2, $3, $4)",
-            &[
-                &id,
-                &team_id,
-                &nhs_number.map(NhsNumber::expose),
-                &date_of_birth,
-            ],
-        )
-        .await
-        .map_err(|e| conflict(e, || "a patient with this NHS number already exists".into()))?;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "INSERT INTO patients (id, team_id, nhs_number, date_of_birth) VALUES ($1, $2, $3, $4)",
+        &[
+            &id,
+            &team_id,
+            &nhs_number.map(NhsNumber::expose),
+            &date_of_birth,
+        ],
+    )
+    .await
+    .map_err(|e| conflict(e, || "a patient with this NHS number already exists".into()))?;
+    audit(&tx, "patient_add", Some(id), json!({ "team_id": team_id })).await?;
+    tx.commit().await?;
     Ok((id, team_id))
 }
 
@@ -128,6 +172,13 @@ pub async fn add_device(
         "INSERT INTO device_bindings (device_id, patient_id, valid_during)
          VALUES ($1, $2, tstzrange($3, NULL))",
         &[&id, &patient, &from],
+    )
+    .await?;
+    audit(
+        &tx,
+        "device_add",
+        Some(patient),
+        json!({ "device_id": id, "kind": kind, "from": from }),
     )
     .await?;
     tx.commit().await?;
@@ -189,17 +240,25 @@ pub async fn rebind_device(
             format!("device {device} already has a binding after {at}")
         })
     })?;
+    audit(
+        &tx,
+        "device_rebind",
+        Some(patient),
+        json!({ "device_id": device, "from": at }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(())
 }
 
 /// Sets or clears when `device`'s token stops working.
 pub async fn set_device_token_expiry(
-    client: &Client,
+    client: &mut Client,
     device: Uuid,
     expires_at: Option<OffsetDateTime>,
 ) -> Result<(), StoreError> {
-    let n = client
+    let tx = client.transaction().await?;
+    let n = tx
         .execute(
             "UPDATE devices SET token_expires_at = $2 WHERE id = $1",
             &[&device, &expires_at],
@@ -208,17 +267,27 @@ pub async fn set_device_token_expiry(
     if n == 0 {
         return Err(StoreError::NotFound(format!("no device {device}")));
     }
+    let patient = patient_of_device(&tx, device).await?;
+    audit(
+        &tx,
+        "device_token_expiry",
+        patient,
+        json!({ "device_id": device, "token_expires_at": expires_at }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
 /// Issues `device` a new token (the old one stops working at once); returned only here.
 pub async fn rotate_device_token(
-    client: &Client,
+    client: &mut Client,
     device: Uuid,
     expires_at: Option<OffsetDateTime>,
 ) -> Result<String, StoreError> {
     let token = auth::new_token();
-    let n = client
+    let tx = client.transaction().await?;
+    let n = tx
         .execute(
             "UPDATE devices SET token_hash = $2, broker_password_hash = $3, token_expires_at = $4
              WHERE id = $1 AND revoked_at IS NULL",
@@ -235,6 +304,15 @@ pub async fn rotate_device_token(
             "no device {device}, or it has been revoked"
         )));
     }
+    let patient = patient_of_device(&tx, device).await?;
+    audit(
+        &tx,
+        "device_token_rotate",
+        patient,
+        json!({ "device_id": device, "token_expires_at": expires_at }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(token)
 }
 
@@ -257,6 +335,14 @@ pub async fn revoke_device(
         "UPDATE device_bindings SET valid_during = tstzrange(lower(valid_during), $2)
          WHERE device_id = $1 AND upper_inf(valid_during) AND lower(valid_during) < $2",
         &[&device, &at],
+    )
+    .await?;
+    let patient = patient_of_device(&tx, device).await?;
+    audit(
+        &tx,
+        "device_revoke",
+        patient,
+        json!({ "device_id": device }),
     )
     .await?;
     tx.commit().await?;

@@ -7,6 +7,9 @@ use vigil_ingest::store::admin;
 
 use crate::harness::{TestApp, TestDb, settings};
 
+/// action, patient, device id in the detail, whether the recorded role is this session's.
+type Entry = (String, Option<Uuid>, Option<String>, Option<bool>);
+
 #[tokio::test]
 async fn registry_changes_are_audited_with_the_patient_they_concern() {
     let db = TestDb::create().await;
@@ -56,7 +59,7 @@ async fn registry_changes_are_audited_with_the_patient_they_concern() {
         )
         .await
         .expect("audit");
-    let seen: Vec<(String, Option<Uuid>, Option<String>, Option<bool>)> = rows
+    let seen: Vec<Entry> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();

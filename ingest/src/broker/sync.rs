@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use nix::{sys::signal, unistd::Pid};
 use time::OffsetDateTime;
 use tokio::sync::Notify;
@@ -128,6 +128,16 @@ pub fn reload(pid_file: &Path) -> anyhow::Result<bool> {
         .trim()
         .parse()
         .with_context(|| format!("{} does not hold a process id", pid_file.display()))?;
+    // A stale pid file may name an unrelated process by now; SIGHUP would end most.
+    match fs::read_to_string(format!("/proc/{pid}/comm")) {
+        Ok(name) if name.trim() != "mosquitto" => bail!(
+            "{} names process {pid} ({}), not mosquitto; not signalling it",
+            pid_file.display(),
+            name.trim()
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        _ => {}
+    }
     match signal::kill(Pid::from_raw(pid), signal::Signal::SIGHUP) {
         Ok(()) => Ok(true),
         Err(nix::errno::Errno::ESRCH) => Ok(false),
@@ -218,4 +228,33 @@ fn until_expiry(next: Option<OffsetDateTime>) -> Option<Duration> {
     let left = next? - OffsetDateTime::now_utc();
     // A little after the expiry, so the query already excludes the token.
     Some(Duration::try_from(left).unwrap_or_default() + Duration::from_millis(50))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid_file(contents: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "vigil-pid-{}-{}",
+            std::process::id(),
+            contents.len()
+        ));
+        fs::write(&path, contents).expect("pid file");
+        path
+    }
+
+    #[test]
+    fn only_a_running_mosquitto_is_signalled() {
+        // This test process is not mosquitto: refused, and it survives to say so.
+        let own = pid_file(&std::process::id().to_string());
+        let err = reload(&own).expect_err("not mosquitto").to_string();
+        assert!(err.contains("not mosquitto"), "{err}");
+        let _ = fs::remove_file(own);
+
+        assert!(!reload(Path::new("/nonexistent/vigil.pid")).expect("no file"));
+        let gone = pid_file("999999999");
+        assert!(!reload(&gone).expect("no such process"));
+        let _ = fs::remove_file(gone);
+    }
 }

@@ -113,15 +113,45 @@ BEGIN
         ALTER TABLE readings ENABLE ROW LEVEL SECURITY;
         CREATE POLICY team_reader ON readings FOR SELECT TO vigil_team_reader
             USING (patient_id IN (SELECT vigil_reader_patients()));
-        CREATE POLICY operations ON readings FOR SELECT TO vigil_grafana USING (true);
         GRANT SELECT ON readings TO vigil_team_reader;
         -- Only the owner reads the materialised rollup; readings_hourly shows it filtered.
         ALTER TABLE readings_hourly_store ENABLE ROW LEVEL SECURITY;
     END IF;
-    -- TimescaleDB: readings is compressed, which excludes row-level security; only its
-    -- owner and the column grants below reach it.
+    IF (SELECT engine FROM storage_engine) = 'timescaledb' THEN
+        -- readings is compressed, which excludes row-level security; only its owner and the
+        -- views below reach it. TimescaleDB's watermark function checks that its caller
+        -- may read the aggregate, and the operations role may no longer read
+        -- readings_hourly: rollup_status asks with the owner's rights instead. It returns
+        -- only how far each rollup is materialised.
+        CREATE FUNCTION vigil_rollup_status()
+        RETURNS TABLE (rollup text, materialized_until timestamptz)
+        LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $fn$
+            SELECT c.user_view_name::text,
+                   nullif(_timescaledb_functions.to_timestamp(
+                              _timescaledb_functions.cagg_watermark(c.mat_hypertable_id)),
+                          timestamptz '4714-11-24 00:00:00+00 BC')
+            FROM _timescaledb_catalog.continuous_agg c
+            WHERE c.user_view_name IN ('readings_hourly', 'ingest_hourly');
+        $fn$;
+        CREATE OR REPLACE VIEW rollup_status AS
+            SELECT rollup COLLATE "C" AS rollup, materialized_until FROM vigil_rollup_status();
+    END IF;
 END
 $migration$;
+
+-- The operations role reads ingest_hourly (counts per channel and type, no patient data)
+-- through schema operations too. Its live part reads readings with the caller's rights
+-- (TimescaleDB's real-time aggregate, the plain path's live function), which the operations
+-- role no longer has, so the view asks a function that runs with the owner's. The whole
+-- rollup is small: one row per hour, channel and type.
+CREATE SCHEMA operations;
+-- search_path public: the plain path's live function names readings unqualified; nobody
+-- but the owner may create objects there, and pg_temp last keeps temporary tables out.
+CREATE FUNCTION vigil_operations_ingest_hourly() RETURNS SETOF public.ingest_hourly
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = public, pg_temp AS $fn$
+    SELECT * FROM public.ingest_hourly;
+$fn$;
+CREATE VIEW operations.ingest_hourly AS SELECT * FROM vigil_operations_ingest_hourly();
 
 CREATE SCHEMA team_scope;
 CREATE VIEW team_scope.readings WITH (security_barrier) AS
@@ -142,7 +172,22 @@ GRANT SELECT ON team_scope.readings, team_scope.readings_hourly, care_teams, pat
 REVOKE ALL ON readings, readings_hourly, care_teams, patients, alerts, alert_events,
               deliveries, quarantine
     FROM vigil_grafana;
-GRANT SELECT (measured_at, received_at, channel, type, late) ON readings TO vigil_grafana;
+-- Readings through a view of the columns the operations dashboard needs: TimescaleDB
+-- passes column grants on a hypertable on to its compressed table, which has other columns,
+-- so no column grant on readings works on both storage paths. Schema operations comes
+-- first on vigil_grafana's search_path in this database, so the dashboard keeps naming
+-- `readings` and `ingest_hourly`.
+CREATE VIEW operations.readings AS
+    SELECT measured_at, received_at, channel, type, late FROM public.readings;
+REVOKE ALL ON ingest_hourly FROM vigil_grafana;
+GRANT USAGE ON SCHEMA operations TO vigil_grafana;
+GRANT SELECT ON operations.readings, operations.ingest_hourly TO vigil_grafana;
+DO $search_path$
+BEGIN
+    EXECUTE format('ALTER ROLE vigil_grafana IN DATABASE %I SET search_path = operations, public',
+                   current_database());
+END
+$search_path$;
 GRANT SELECT (id, name) ON care_teams TO vigil_grafana;
 GRANT SELECT (opened_at, severity) ON alerts TO vigil_grafana;
 GRANT SELECT (id, alert_id, team_id, kind, at) ON alert_events TO vigil_grafana;

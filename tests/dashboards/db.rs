@@ -154,6 +154,9 @@ pub async fn run_as(
         .await
         .map_err(|e| e.to_string())?;
     if let Some(role) = reader.switch_to {
+        role_settings(&tx, role, true)
+            .await
+            .map_err(|e| e.to_string())?;
         tx.batch_execute(&format!("SET LOCAL ROLE {role}"))
             .await
             .map_err(|e| e.to_string())?;
@@ -167,6 +170,24 @@ pub async fn run_as(
     let took = started.elapsed();
     tx.rollback().await.map_err(|e| e.to_string())?;
     Ok((stmt, rows, took))
+}
+
+/// Applies what logging in as `role` would: its settings in this database (vigil_grafana's
+/// search_path puts the operations views first). `local`: for this transaction only.
+pub async fn role_settings(
+    db: &impl tokio_postgres::GenericClient,
+    role: &str,
+    local: bool,
+) -> Result<(), tokio_postgres::Error> {
+    db.execute(
+        "SELECT set_config(split_part(c, '=', 1), substr(c, strpos(c, '=') + 1), $2)
+         FROM pg_db_role_setting s, unnest(s.setconfig) c
+         WHERE s.setrole = $1::text::regrole
+           AND s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        &[&role, &local],
+    )
+    .await?;
+    Ok(())
 }
 
 pub fn describe(e: &tokio_postgres::Error) -> String {

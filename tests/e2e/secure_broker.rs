@@ -211,13 +211,7 @@ pub struct Login<'a> {
 impl Client {
     /// Connects to `port`; `Err` when the broker refuses the login.
     pub async fn connect(port: u16, login: Login<'_>) -> Result<Self, ConnectReturnCode> {
-        Self::connect_with(MqttOptions::new(client_id(), "127.0.0.1", port), login).await
-    }
-
-    pub async fn connect_with(
-        mut options: MqttOptions,
-        login: Login<'_>,
-    ) -> Result<Self, ConnectReturnCode> {
+        let mut options = MqttOptions::new(client_id(), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
         if let Some(user) = login.username {
             options.set_credentials(user, login.password.unwrap_or_default());

@@ -8,7 +8,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::credential::broker_hash;
-use crate::store::StoreError;
+use crate::store::{StoreError, audit};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -107,9 +107,11 @@ pub async fn put_account(
         }
         _ => e.into(),
     })?;
-    tx.execute(
-        "INSERT INTO audit_log (actor_kind, action, detail) VALUES ('admin', 'broker_account_put', $1)",
-        &[&json!({"username": username, "role": role.as_str(), "team_id": team})],
+    audit::record(
+        &tx,
+        "broker_account_put",
+        None,
+        json!({"username": username, "role": role.as_str(), "team_id": team}),
     )
     .await?;
     tx.commit().await?;
@@ -130,9 +132,11 @@ pub async fn revoke_account(client: &mut Client, username: &str) -> Result<(), S
             "no broker account {username:?}"
         )));
     }
-    tx.execute(
-        "INSERT INTO audit_log (actor_kind, action, detail) VALUES ('admin', 'broker_account_revoke', $1)",
-        &[&json!({"username": username})],
+    audit::record(
+        &tx,
+        "broker_account_revoke",
+        None,
+        json!({"username": username}),
     )
     .await?;
     tx.commit().await?;

@@ -43,9 +43,10 @@ pub async fn identities(
     topic_root: &str,
 ) -> Result<(Vec<Identity>, Option<OffsetDateTime>), StoreError> {
     let mut out = Vec::new();
+    let mut next_expiry: Option<OffsetDateTime> = None;
     for row in client
         .query(
-            "SELECT id, broker_password_hash FROM devices
+            "SELECT id, broker_password_hash, token_expires_at FROM devices
              WHERE revoked_at IS NULL AND broker_password_hash IS NOT NULL
                AND (token_expires_at IS NULL OR token_expires_at > now())",
             &[],
@@ -53,6 +54,9 @@ pub async fn identities(
         .await?
     {
         out.push(Identity::device(topic_root, row.get(0), row.get(1)));
+        if let Some(expires) = row.get::<_, Option<OffsetDateTime>>(2) {
+            next_expiry = Some(next_expiry.map_or(expires, |n| n.min(expires)));
+        }
     }
     for row in client
         .query(
@@ -71,15 +75,6 @@ pub async fn identities(
             (_, None) => continue,
         });
     }
-    let next_expiry = client
-        .query_one(
-            "SELECT min(token_expires_at) FROM devices
-             WHERE revoked_at IS NULL AND broker_password_hash IS NOT NULL
-               AND token_expires_at > now()",
-            &[],
-        )
-        .await?
-        .get(0);
     Ok((out, next_expiry))
 }
 

@@ -1,11 +1,11 @@
 //! Registry operations behind `vigil admin`: care teams, patients, devices and bindings.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use time::{Date, OffsetDateTime};
 use tokio_postgres::{Client, GenericClient, error::SqlState};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{StoreError, audit};
 use crate::{broker::credential::broker_hash, domain::nhs::NhsNumber, grpc::auth};
 
 pub const DEVICE_KINDS: &[&str] = &[
@@ -26,24 +26,6 @@ fn conflict(e: tokio_postgres::Error, what: impl FnOnce() -> String) -> StoreErr
     } else {
         e.into()
     }
-}
-
-/// Records a registry change in the audit log. The database role that made it stands for
-/// "who": `vigil admin` has no other identity for its operator. Rows about a patient carry
-/// their id, so an erasure redacts them with the patient's other audit entries.
-async fn audit(
-    db: &impl GenericClient,
-    action: &str,
-    patient: Option<Uuid>,
-    detail: Value,
-) -> Result<(), StoreError> {
-    db.execute(
-        "INSERT INTO audit_log (actor_kind, action, patient_id, detail)
-         VALUES ('admin', $1, $2, $3::jsonb || jsonb_build_object('db_role', session_user))",
-        &[&action, &patient, &detail],
-    )
-    .await?;
-    Ok(())
 }
 
 /// The patient a device is, or was last, bound to.
@@ -70,7 +52,7 @@ pub async fn add_team(client: &mut Client, name: &str) -> Result<Uuid, StoreErro
     )
     .await
     .map_err(|e| conflict(e, || format!("a care team named {name:?} already exists")))?;
-    audit(
+    audit::record(
         &tx,
         "team_add",
         None,
@@ -119,7 +101,7 @@ pub async fn add_patient(
     )
     .await
     .map_err(|e| conflict(e, || "a patient with this NHS number already exists".into()))?;
-    audit(&tx, "patient_add", Some(id), json!({ "team_id": team_id })).await?;
+    audit::record(&tx, "patient_add", Some(id), json!({ "team_id": team_id })).await?;
     tx.commit().await?;
     Ok((id, team_id))
 }
@@ -174,7 +156,7 @@ pub async fn add_device(
         &[&id, &patient, &from],
     )
     .await?;
-    audit(
+    audit::record(
         &tx,
         "device_add",
         Some(patient),
@@ -240,7 +222,7 @@ pub async fn rebind_device(
             format!("device {device} already has a binding after {at}")
         })
     })?;
-    audit(
+    audit::record(
         &tx,
         "device_rebind",
         Some(patient),
@@ -268,7 +250,7 @@ pub async fn set_device_token_expiry(
         return Err(StoreError::NotFound(format!("no device {device}")));
     }
     let patient = patient_of_device(&tx, device).await?;
-    audit(
+    audit::record(
         &tx,
         "device_token_expiry",
         patient,
@@ -305,7 +287,7 @@ pub async fn rotate_device_token(
         )));
     }
     let patient = patient_of_device(&tx, device).await?;
-    audit(
+    audit::record(
         &tx,
         "device_token_rotate",
         patient,
@@ -338,7 +320,7 @@ pub async fn revoke_device(
     )
     .await?;
     let patient = patient_of_device(&tx, device).await?;
-    audit(
+    audit::record(
         &tx,
         "device_revoke",
         patient,

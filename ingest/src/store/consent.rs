@@ -21,7 +21,7 @@ use vigil_alerts::{
     worker::windowed::hold_patient,
 };
 
-use super::StoreError;
+use super::{StoreError, audit};
 
 /// How long a withdrawal waits for ingest batches in flight; new batches queue behind it
 /// meanwhile, so it gives up rather than stall ingest for long.
@@ -166,14 +166,11 @@ pub async fn change(
         alerts_closed,
     };
     // The reason is free text: erasing the patient redacts it here too.
-    tx.execute(
-        "INSERT INTO audit_log (actor_kind, action, patient_id, detail)
-         VALUES ('admin', $1, $2, $3)",
-        &[
-            &change.action(),
-            &patient,
-            &json!({ "by": by, "reason": reason, "change": changed }),
-        ],
+    audit::record(
+        &tx,
+        change.action(),
+        Some(patient),
+        json!({ "by": by, "reason": reason, "change": changed }),
     )
     .await?;
     tx.commit().await?;

@@ -2,6 +2,7 @@
 //! maintenance, and the queries behind the admin commands (registry, consent, quarantine).
 
 pub mod admin;
+pub(crate) mod audit;
 pub mod consent;
 pub mod error;
 pub mod maintenance;

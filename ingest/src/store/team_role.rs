@@ -6,7 +6,9 @@
 use tokio_postgres::{Client, GenericClient, error::SqlState};
 use uuid::Uuid;
 
-use super::{StoreError, admin::find_team};
+use serde_json::json;
+
+use super::{StoreError, admin::find_team, audit};
 
 /// Roles are cluster-wide; PostgreSQL silently truncates longer names.
 const MAX_ROLE_BYTES: usize = 63;
@@ -161,11 +163,11 @@ pub async fn grant_team_role(
             }
         })?;
     }
-    tx.execute(
-        "INSERT INTO audit_log (actor_kind, action, detail)
-         VALUES ('admin', 'team_grafana_role',
-                 jsonb_build_object('team_id', $1::uuid, 'role', $2::text, 'created', $3::bool))",
-        &[&team_id, &role, &create],
+    audit::record(
+        &tx,
+        "team_grafana_role",
+        None,
+        json!({ "team_id": team_id, "role": role, "created": create }),
     )
     .await?;
     tx.commit().await?;
